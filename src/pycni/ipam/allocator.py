@@ -1,0 +1,139 @@
+"""The host-local allocator, pure logic over a small store interface (no I/O of its own).
+
+Rules (those of the reference host-local, plus the store policy of docs/ipam-store.md):
+  * each range set yields exactly one address per (containerID, ifname); asking twice is an error
+    (SPEC.md "ADD": a container's attachment is created once);
+  * a requested address must fall in a range set, must not be that range's gateway, must be free,
+    and every requested address must be used, else nothing is allocated;
+  * otherwise addresses are handed out round-robin from the last reserved one;
+  * any failure releases what this call reserved, so a failed ADD leaves the store as it was.
+The caller holds the store lock for the whole call.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Protocol
+
+from ..spec.errors import ADDRESS_EXHAUSTED, ADDRESS_UNAVAILABLE, CNIError
+from ..spec.result import IPConfig
+from .ranges import IPAddress, RangeSet
+from .store import Lease
+
+log = logging.getLogger("pycni.ipam")
+
+
+class Store(Protocol):
+    def leases(self) -> list[Lease]: ...
+    def reserve(self, ip: IPAddress, container_id: str, ifname: str, range_id: int) -> bool: ...
+    def release(self, ip: IPAddress) -> None: ...
+    def last_reserved(self, range_id: int) -> IPAddress | None: ...
+
+
+def _reclaim_empty(store: Store, leases: list[Lease]) -> list[Lease]:
+    """docs/ipam-store.md: an empty lease file under the lock is an unfinished write of a dead writer."""
+    kept = []
+    for lease in leases:
+        if lease.empty:
+            log.warning("reclaiming empty lease file for %s (a writer died mid-write)", lease.ip)
+            store.release(lease.ip)
+        else:
+            kept.append(lease)
+    return kept
+
+
+def owned_by(leases: Iterable[Lease], container_id: str, ifname: str) -> list[Lease]:
+    cid = container_id.strip()
+    return [lease for lease in leases if lease.container_id == cid and lease.ifname == ifname]
+
+
+def allocate(range_sets: Iterable[RangeSet], requested: Iterable[IPAddress], store: Store,
+             container_id: str, ifname: str) -> list[IPConfig]:
+    leases = _reclaim_empty(store, store.leases())
+    used = {lease.ip for lease in leases}
+    mine = owned_by(leases, container_id, ifname)
+    pending = list(requested)
+    reserved: list[IPAddress] = []
+    out: list[IPConfig] = []
+    try:
+        for idx, rset in enumerate(range_sets):
+            for lease in mine:
+                if rset.range_for(lease.ip):
+                    raise CNIError(ADDRESS_UNAVAILABLE,
+                                   f"{lease.ip} has been allocated to {container_id}, duplicate allocation is not "
+                                   f"allowed", f"range set {idx}; interface {ifname}")
+            want = next((ip for ip in pending if rset.range_for(ip)), None)
+            if want is not None:
+                pending.remove(want)
+                ip = _reserve_requested(rset, want, idx, store, container_id, ifname)
+            else:
+                ip = _reserve_next(rset, idx, used, store, container_id, ifname)
+            reserved.append(ip)
+            rng = rset.range_for(ip)
+            assert rng is not None
+            out.append(IPConfig(address=f"{ip}/{rng.subnet.prefixlen}",
+                                gateway=str(rng.gateway) if rng.gateway else None))
+        if pending:
+            raise CNIError(ADDRESS_UNAVAILABLE,
+                           "failed to allocate all requested IPs: " + " ".join(str(ip) for ip in pending),
+                           "a requested address is in no range set, or two are in the same set")
+    except BaseException:
+        for ip in reserved:
+            store.release(ip)
+        raise
+    return out
+
+
+def _reserve_requested(rset: RangeSet, ip: IPAddress, idx: int, store: Store, cid: str, ifname: str) -> IPAddress:
+    rng = rset.range_for(ip)
+    assert rng is not None
+    if ip == rng.gateway:
+        raise CNIError(ADDRESS_UNAVAILABLE, f"requested ip {ip} is subnet's gateway")
+    if not store.reserve(ip, cid, ifname, idx):
+        raise CNIError(ADDRESS_UNAVAILABLE, f"requested IP address {ip} is not available in range set {rset}")
+    return ip
+
+
+def _reserve_next(rset: RangeSet, idx: int, used: set, store: Store, cid: str, ifname: str) -> IPAddress:
+    # Addresses known to be taken are skipped without touching the disk, so the cost of an ADD does
+    # not grow with the number of leases held near the cursor.
+    for ip, _rng in rset.candidates(store.last_reserved(idx)):
+        if ip in used:
+            continue
+        if store.reserve(ip, cid, ifname, idx):
+            return ip
+    raise CNIError(ADDRESS_EXHAUSTED, f"no IP addresses available in range set: {rset}",
+                   f"range set {idx} is full; DEL an attachment or widen the range")
+
+
+def release(store: Store, container_id: str, ifname: str) -> list[IPAddress]:
+    """Release every lease of (containerID, ifname); the ID-only leases of old plugins when none match
+    (the reference's backwards-compatible ReleaseByID)."""
+    leases = store.leases()
+    victims = owned_by(leases, container_id, ifname)
+    if not victims:
+        cid = container_id.strip()
+        victims = [lease for lease in leases if lease.legacy and lease.container_id == cid]
+    for lease in victims:
+        store.release(lease.ip)
+    return [lease.ip for lease in victims]
+
+
+def collect_garbage(store: Store, valid: set[tuple[str, str]]) -> list[IPAddress]:
+    """SPEC.md "GC": release every lease whose attachment is not in `valid`.
+
+    ID-only leases (old format) are kept while any valid attachment has that container ID; empty
+    and unreadable files have no owner that could be valid, so they go too."""
+    valid_ids = {cid for cid, _ in valid}
+    released = []
+    for lease in store.leases():
+        if lease.container_id is None:
+            keep = False
+        elif lease.legacy:
+            keep = lease.container_id in valid_ids
+        else:
+            keep = (lease.container_id, lease.ifname) in valid
+        if not keep:
+            store.release(lease.ip)
+            released.append(lease.ip)
+    return released

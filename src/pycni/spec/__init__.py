@@ -1,0 +1,1 @@
+"""The CNI execution protocol (SPEC.md), pure Python: nothing here needs root, netlink or the environment."""

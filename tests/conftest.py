@@ -1,0 +1,135 @@
+"""Shared test helpers.
+
+`exec_plugin` runs an installed plugin executable the way a runtime does (env + stdin, one
+subprocess) and parses its single stdout document. `netns` creates network namespaces that are
+always deleted afterwards; root tests run every plugin inside a dedicated "node" namespace so
+nothing can reach the machine's real interfaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+VENV_BIN = Path(sys.executable).parent
+REFERENCE_DIR = Path("/usr/lib/cni")
+IS_ROOT = os.geteuid() == 0
+
+
+def plugin_exe(name: str) -> str:
+    """Our executables come from the venv that runs the tests; reference plugins from Debian."""
+    ours = VENV_BIN / name
+    if ours.exists():
+        return str(ours)
+    return str(REFERENCE_DIR / name)
+
+
+@dataclass
+class PluginRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self):
+        return json.loads(self.stdout)
+
+    @property
+    def documents(self) -> int:
+        """How many JSON documents stdout holds (the protocol allows exactly one, or none)."""
+        text, count, dec = self.stdout.strip(), 0, json.JSONDecoder()
+        while text:
+            _, end = dec.raw_decode(text)
+            text = text[end:].strip()
+            count += 1
+        return count
+
+
+def exec_plugin(
+    name: str,
+    command: str,
+    conf: dict | bytes | str | None,
+    *,
+    container_id: str | None = "ctr1",
+    netns: str | None = None,
+    ifname: str | None = "eth0",
+    args: str | None = None,
+    path: str | None = None,
+    node: str | None = None,
+    extra_env: dict | None = None,
+    timeout: float = 60,
+) -> PluginRun:
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": command}
+    for key, value in (
+        ("CNI_CONTAINERID", container_id),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", ifname),
+        ("CNI_ARGS", args),
+        ("CNI_PATH", path if path is not None else f"{VENV_BIN}:{REFERENCE_DIR}"),
+    ):
+        if value is not None:
+            env[key] = value
+    env.update(extra_env or {})
+    if isinstance(conf, dict):
+        data = json.dumps(conf).encode()
+    elif isinstance(conf, str):
+        data = conf.encode()
+    else:
+        data = conf or b""
+    argv = [plugin_exe(name)]
+    if node:
+        argv = ["nsenter", f"--net=/var/run/netns/{node}", "--"] + argv
+    proc = subprocess.run(argv, input=data, env=env, capture_output=True, timeout=timeout)
+    return PluginRun(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+
+class Namespaces:
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    def create(self, prefix: str = "pycnit") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        self.created.append(name)
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+        return name
+
+    @staticmethod
+    def path(name: str) -> str:
+        return f"/var/run/netns/{name}"
+
+    def cleanup(self) -> None:
+        for name in reversed(self.created):
+            # deleting the namespace deletes every link inside it (bridges, veth ends)
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        self.created.clear()
+
+
+@pytest.fixture
+def netns():
+    if not IS_ROOT or not shutil.which("ip"):
+        pytest.skip("needs root and iproute2")
+    ns = Namespaces()
+    try:
+        yield ns
+    finally:
+        ns.cleanup()
+
+
+@pytest.fixture
+def node(netns) -> str:
+    """A dedicated node namespace: plugins run here, never in the machine's own namespace."""
+    return netns.create("pycnit-node")
+
+
+def in_ns(ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["nsenter", f"--net=/var/run/netns/{ns}", "--", *cmd], capture_output=True, text=True,
+                          check=check)
