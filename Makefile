@@ -1,0 +1,69 @@
+# pycni - a CNI 1.1.0 bridge plugin and host-local IPAM in Python.
+# Every target works on a fresh Debian 12 machine as root once .ci/run's apt packages are present.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+VPY         := $(VENV)/bin/python
+CNI_BIN_DIR ?= /opt/cni/bin
+PYCNI_HOME  ?= /opt/pycni
+BUILD       ?= build
+CNITOOL     := $(BUILD)/bin/pycni-cnitool
+PYTEST_ARGS ?=
+
+.PHONY: all deps venv build install uninstall test test-unit check demo clean
+
+all: venv build
+
+# Debian packages (idempotent): reference plugins, Go + libcni source, iproute2, nftables, iptables...
+deps:
+	@bash integration/deps.sh
+
+# Development venv: the package editable, plus test tools.
+$(VPY): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]' ruff
+	@touch $(VPY)
+
+venv: $(VPY)
+
+# The libcni driver (cnitool's interface), built from Debian's golang + libcni source.
+$(CNITOOL): integration/cnitool/main.go integration/cnitool/build.sh
+	OUT=$(BUILD)/bin bash integration/cnitool/build.sh
+
+build: $(CNITOOL)
+
+# Install both plugins into $(CNI_BIN_DIR) so that they run without this checkout and without any
+# pyenv shim: a private venv in $(PYCNI_HOME) holds the package, and each executable is a two-line
+# launcher whose interpreter runs isolated (-I: PYTHON* variables from the runtime are ignored).
+install:
+	$(PYTHON) -m venv --clear $(PYCNI_HOME)
+	$(PYCNI_HOME)/bin/python -m pip install -q --no-cache-dir .
+	install -d $(CNI_BIN_DIR)
+	@for pair in pycni:main_bridge pycni-host-local:main_host_local; do \
+	  exe=$${pair%%:*}; fn=$${pair##*:}; \
+	  printf '#!%s -I\nfrom pycni.cli import %s\n%s()\n' "$(abspath $(PYCNI_HOME))/bin/python" $$fn $$fn \
+	    > $(CNI_BIN_DIR)/$$exe.tmp && chmod 0755 $(CNI_BIN_DIR)/$$exe.tmp && mv $(CNI_BIN_DIR)/$$exe.tmp $(CNI_BIN_DIR)/$$exe; \
+	  echo "installed $(CNI_BIN_DIR)/$$exe"; \
+	done
+
+uninstall:
+	rm -f $(CNI_BIN_DIR)/pycni $(CNI_BIN_DIR)/pycni-host-local
+	rm -rf $(PYCNI_HOME)
+
+# The test suite (root tests create their own network namespaces and skip without root).
+test: deps venv build
+	$(VPY) -m pytest -q $(PYTEST_ARGS) tests
+
+test-unit: venv
+	$(VPY) -m pytest -q tests/test_spec_unit.py
+
+check: venv
+	$(VPY) -m ruff check src tests
+
+# The main job, end to end: node namespace, pods, ADD through libcni, connectivity, CHECK, DEL, cleanup.
+demo: deps venv build
+	bash integration/demo.sh
+
+clean:
+	rm -rf $(BUILD) .pytest_cache

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install the Debian packages pycni's build, tests and demo need (idempotent; quick when present).
+#   containernetworking-plugins  the reference Go plugins (differential and interop tests, loopback/portmap)
+#   golang-go, golang-github-appc-cni-dev  build the libcni driver (integration/cnitool)
+#   iproute2, util-linux          network namespaces, nsenter
+#   nftables, iptables            masquerade backends
+#   iputils-ping                  connectivity checks
+set -euo pipefail
+PKGS=(make ca-certificates python3-venv containernetworking-plugins golang-go golang-github-appc-cni-dev
+      iproute2 util-linux nftables iptables iputils-ping procps)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "missing Debian packages: ${missing[*]} (run as root to install them)" >&2
+  exit 1
+fi
+echo "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >/dev/null || echo "apt-get update failed; using the cached package lists" >&2
+apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,549 @@
+"""Every kernel operation of the bridge plugin: links, addresses, routes, bridge ports, sysctls.
+
+This is the only module that imports pyroute2, and it does so lazily (first call of `_ipr()` or
+`Pod`), so VERSION, STATUS and a DEL whose links are already gone never pay its import cost.
+Functions are thin: they translate one intent into netlink requests and turn every netlink or OS
+failure into CNIError code 101 (pycni's "kernel operation failed", SPEC.md "Error": codes 100+ are
+plugin-specific) naming the object at fault.
+
+Namespaces: the plugin runs in the host ("node") network namespace. Pod-side work happens inside
+`Pod(path)`, which moves the calling thread into the pod netns with setns(2) (so /proc/sys/net
+and a netlink socket opened there belong to the pod) and moves it back on exit. The veth peer is
+created directly inside the pod netns (IFLA_NET_NS_FD in the peer's attributes): moving an
+interface between namespaces afterwards costs ~20 ms of kernel time per attach.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import ipaddress
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from ..spec.errors import INVALID_ENV, KERNEL, CNIError
+
+CLONE_NEWNET = 0x40000000
+IFF_UP = 0x1
+IFF_PROMISC = 0x100
+IFA_F_NODAD = 0x02
+BRIDGE_VLAN_INFO_PVID = 0x2
+BRIDGE_VLAN_INFO_UNTAGGED = 0x4
+
+_host_ipr: Any = None
+_libc: Any = None
+
+
+class NetnsGone(Exception):
+    """The namespace path does not exist (any more)."""
+
+
+@dataclass
+class Link:
+    name: str
+    index: int
+    mac: str = ""
+    mtu: int = 0
+    kind: str = ""
+    master: int = 0
+    peer_index: int = 0  # IFLA_LINK: for a veth, the peer's ifindex (in the peer's namespace)
+    flags: int = 0
+    alias: str = ""
+
+    @property
+    def promisc(self) -> bool:
+        return bool(self.flags & IFF_PROMISC)
+
+
+@dataclass
+class Address:
+    address: str  # interface form "10.1.0.2/24"
+    flags: int = 0
+
+
+@dataclass
+class RouteInfo:
+    dst: str
+    gw: str | None = None
+    table: int = 254
+    priority: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+# -- plumbing -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def kernel(what: str) -> Iterator[None]:
+    """Turn a netlink/OS failure into CNIError 101 naming what was being done."""
+    try:
+        yield
+    except CNIError:
+        raise
+    except (OSError, ValueError) as exc:  # NetlinkError is an OSError subclass
+        code = getattr(exc, "code", None) or getattr(exc, "errno", None) or 0
+        detail = os.strerror(code) if isinstance(code, int) and code > 0 else str(exc)
+        raise CNIError(KERNEL, f"failed to {what}", detail or type(exc).__name__) from None
+
+
+def _netlink_error_code(exc: BaseException) -> int:
+    return int(getattr(exc, "code", 0) or getattr(exc, "errno", 0) or 0)
+
+
+def _ipr() -> Any:
+    """The netlink socket of the namespace the plugin runs in (opened once, lazily)."""
+    global _host_ipr
+    if _host_ipr is None:
+        from pyroute2 import IPRoute
+
+        _host_ipr = IPRoute()
+    return _host_ipr
+
+
+def close() -> None:
+    global _host_ipr
+    if _host_ipr is not None:
+        with contextlib.suppress(Exception):
+            _host_ipr.close()
+        _host_ipr = None
+
+
+def _setns(fd: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def open_netns(path: str) -> int:
+    """An O_RDONLY fd of a netns path; NetnsGone if it does not exist."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NetnsGone(path) from None
+    except OSError as exc:
+        raise CNIError(INVALID_ENV, f"failed to open netns {path!r}", exc.strerror or str(exc)) from None
+
+
+class Pod:
+    """Inside a pod netns: `with Pod(path) as pod: pod.ipr...` (thread switched back on exit).
+
+    The netns fd stays open for the object's lifetime so it can be used as IFLA_NET_NS_FD.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = open_netns(path)
+        self.ipr: Any = None
+        self._home = -1
+
+    def __enter__(self) -> "Pod":
+        from pyroute2 import IPRoute
+
+        self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(self.fd)
+        except OSError as exc:
+            os.close(self._home)
+            raise CNIError(INVALID_ENV, f"{self.path!r} is not a network namespace", str(exc)) from None
+        try:
+            self.ipr = IPRoute()
+        except BaseException:
+            self._leave()
+            raise
+        return self
+
+    def _leave(self) -> None:
+        try:
+            _setns(self._home)  # if this fails the process must not go on in the wrong netns
+        finally:
+            os.close(self._home)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.ipr is not None:
+                self.ipr.close()
+                self.ipr = None
+        finally:
+            self._leave()
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _link_from_msg(msg: Any) -> Link:
+    info = msg.get("IFLA_LINKINFO")
+    kind = info.get("IFLA_INFO_KIND") if info is not None else ""
+    return Link(
+        name=msg.get("IFLA_IFNAME"),
+        index=msg["index"],
+        mac=msg.get("IFLA_ADDRESS") or "",
+        mtu=msg.get("IFLA_MTU") or 0,
+        kind=kind or "",
+        master=msg.get("IFLA_MASTER") or 0,
+        peer_index=msg.get("IFLA_LINK") or 0,
+        flags=msg["flags"],
+        alias=msg.get("IFLA_IFALIAS") or "",
+    )
+
+
+def get_link(name: str, ipr: Any = None) -> Link | None:
+    ipr = ipr or _ipr()
+    try:
+        msgs = ipr.link("get", ifname=name)
+    except Exception as exc:
+        if _netlink_error_code(exc) in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise CNIError(KERNEL, f"failed to look up link {name!r}", str(exc)) from None
+    return _link_from_msg(msgs[0]) if msgs else None
+
+
+def host_link_names() -> set[str]:
+    """Names of the links of the current netns without netlink (cheap: no pyroute2 import)."""
+    names = set()
+    with open("/proc/net/dev") as fh:
+        for line in fh.readlines()[2:]:
+            names.add(line.split(":", 1)[0].strip())
+    return names
+
+
+def links_with_alias_prefix(prefix: str) -> list[Link]:
+    with kernel("list links"):
+        return [link for link in map(_link_from_msg, _ipr().get_links()) if link.alias.startswith(prefix)]
+
+
+def write_sysctl(path: str, value: str, *, only_if_different: bool = True, strict: bool = False) -> None:
+    """Write /proc/sys/<path> of the current thread's netns; errors are ignored unless strict.
+
+    The reference plugin ignores failures of the per-interface sysctls (e.g. no IPv6 in the kernel).
+    """
+    full = "/proc/sys/" + path
+    try:
+        if only_if_different:
+            with open(full) as fh:
+                if fh.read().strip() == value:
+                    return
+        with open(full, "w") as fh:
+            fh.write(value)
+    except OSError as exc:
+        if strict:
+            raise CNIError(KERNEL, f"failed to set sysctl {path}={value}", exc.strerror or str(exc)) from None
+
+
+def random_mac() -> str:
+    """A locally administered unicast MAC."""
+    octets = [random.randrange(256) for _ in range(6)]
+    octets[0] = (octets[0] & 0xFC) | 0x02
+    return ":".join(f"{o:02x}" for o in octets)
+
+
+# -- bridge ---------------------------------------------------------------------------------------
+
+
+def ensure_bridge(name: str, mtu: int, promisc: bool, vlan_filtering: bool) -> Link:
+    """Create the bridge if needed (reference `ensureBridge`), up, accept_ra=0, right kind.
+
+    A new bridge gets an explicit MAC, which pins it (addr_assign_type SET): otherwise the bridge
+    takes the lowest MAC of its ports and changes as ports come and go.
+    """
+    ipr = _ipr()
+    link = get_link(name)
+    if link is None:
+        kwargs: dict[str, Any] = {"ifname": name, "kind": "bridge", "address": random_mac()}
+        if mtu:
+            kwargs["mtu"] = mtu
+        if vlan_filtering:
+            kwargs["br_vlan_filtering"] = 1
+        try:
+            ipr.link("add", **kwargs)
+        except Exception as exc:
+            if _netlink_error_code(exc) != errno.EEXIST:  # a concurrent ADD created it first
+                raise CNIError(KERNEL, f"failed to create bridge {name!r}", str(exc)) from None
+        link = get_link(name)
+        if link is None:
+            raise CNIError(KERNEL, f"bridge {name!r} vanished right after it was created")
+    if link.kind != "bridge":
+        raise CNIError(KERNEL, f"{name!r} already exists but is not a bridge", f"kind {link.kind or 'unknown'!r}")
+    write_sysctl(f"net/ipv6/conf/{name}/accept_ra", "0")  # we own the routes of this interface
+    with kernel(f"configure bridge {name!r}"):
+        if vlan_filtering:
+            ipr.link("set", index=link.index, kind="bridge", br_vlan_filtering=1)
+        if promisc and not link.promisc:
+            ipr.link("set", index=link.index, flags=IFF_PROMISC, change=IFF_PROMISC)
+        if not link.flags & IFF_UP:
+            ipr.link("set", index=link.index, state="up")
+    return get_link(name) or link
+
+
+def pin_mac(link: Link) -> None:
+    """Reference `ensureAddr`: set the bridge's MAC to itself so it no longer follows its ports."""
+    with kernel(f"pin the MAC of {link.name!r}"):
+        _ipr().link("set", index=link.index, address=link.mac)
+
+
+def ensure_address(link: Link, iface: str, force: bool) -> None:
+    """Put a gateway address on the bridge (reference `ensureAddr` semantics).
+
+    Present already: nothing to do (a concurrent ADD may have added it first: EEXIST is fine).
+    A different IPv4 address, or an overlapping IPv6 one, is an error unless `force`, which
+    replaces it. IPv6 addresses are added with IFA_F_NODAD: nothing ever waits for DAD.
+    """
+    want = ipaddress.ip_interface(iface)
+    ipr = _ipr()
+    with kernel(f"list the addresses of {link.name!r}"):
+        current = [a for a in addresses(link.index, ipr) if ipaddress.ip_interface(a.address).version == want.version]
+    for addr in current:
+        have = ipaddress.ip_interface(addr.address)
+        if have == want:
+            return
+        if want.version == 4 or have.network.overlaps(want.network):
+            if not force:
+                raise CNIError(KERNEL, f"{link.name!r} already has an IP address different from {want}", str(have))
+            with kernel(f"remove {have} from {link.name!r}"):
+                ipr.addr("del", index=link.index, address=str(have.ip), prefixlen=have.network.prefixlen)
+    add_address(link.index, str(want), ipr, nodad=True, tolerate_exists=True, what=link.name)
+
+
+def addresses(index: int, ipr: Any = None) -> list[Address]:
+    ipr = ipr or _ipr()
+    out = []
+    for msg in ipr.get_addr(index=index):
+        addr = msg.get("IFA_ADDRESS")
+        if addr is None:
+            continue
+        flags = msg.get("IFA_FLAGS")
+        out.append(Address(f"{addr}/{msg['prefixlen']}", flags if flags is not None else msg["flags"]))
+    return out
+
+
+def add_address(index: int, iface: str, ipr: Any, *, nodad: bool, tolerate_exists: bool = False, what: str = "") -> None:
+    ip = ipaddress.ip_interface(iface)
+    kwargs: dict[str, Any] = {"index": index, "address": str(ip.ip), "prefixlen": ip.network.prefixlen}
+    if ip.version == 4 and ip.network.prefixlen < 31:
+        kwargs["broadcast"] = str(ip.network.broadcast_address)
+    if ip.version == 6 and nodad:
+        kwargs["flags"] = IFA_F_NODAD
+    try:
+        ipr.addr("add", **kwargs)
+    except Exception as exc:
+        if tolerate_exists and _netlink_error_code(exc) == errno.EEXIST:
+            return
+        raise CNIError(KERNEL, f"failed to add address {ip} to {what or index}", str(exc)) from None
+
+
+def enable_forwarding(version: int) -> None:
+    """Reference `enableIPForward`: a gateway must route (net.ipv4.ip_forward / ipv6 forwarding)."""
+    path = "net/ipv4/ip_forward" if version == 4 else "net/ipv6/conf/all/forwarding"
+    write_sysctl(path, "1", strict=True)
+
+
+# -- veth -----------------------------------------------------------------------------------------
+
+
+def create_veth(pod: Pod, host_name: str, ifname: str, bridge: Link, mtu: int, mac: str, alias: str) -> Link:
+    """Create the pair in one request: host end enslaved, up, and its peer `ifname` in the pod.
+
+    Returns the host end. Fails (101) when `ifname` already exists in the pod netns or
+    `host_name` exists here (SPEC.md "ADD": the interface must not exist yet).
+    """
+    ipr = _ipr()
+    peer: dict[str, Any] = {"ifname": ifname, "net_ns_fd": pod.fd}
+    kwargs: dict[str, Any] = {"ifname": host_name, "kind": "veth", "master": bridge.index, "peer": peer,
+                              "flags": IFF_UP, "change": IFF_UP}
+    if mtu:
+        kwargs["mtu"] = mtu
+        peer["mtu"] = mtu
+    if mac:
+        peer["address"] = mac
+    try:
+        ipr.link("add", **kwargs)
+    except Exception as exc:
+        if _netlink_error_code(exc) == errno.EEXIST:
+            if get_link(host_name) is not None:
+                raise CNIError(KERNEL, f"host veth {host_name!r} already exists",
+                               "a previous attachment with the same container ID and ifname was not deleted") from None
+            raise CNIError(KERNEL, f"container interface {ifname!r} already exists in {pod.path}") from None
+        raise CNIError(KERNEL, f"failed to create veth pair {host_name!r}/{ifname!r}", str(exc)) from None
+    link = get_link(host_name)
+    if link is None:
+        raise CNIError(KERNEL, f"veth {host_name!r} vanished right after it was created")
+    with kernel(f"set the alias of {host_name!r}"):
+        ipr.link("set", index=link.index, ifalias=alias)
+    link.alias = alias
+    write_sysctl(f"net/ipv6/conf/{host_name}/accept_ra", "0", only_if_different=False)
+    return link
+
+
+def configure_port(link: Link, hairpin: bool, isolated: bool) -> None:
+    """Bridge port flags: hairpin (IFLA_BRPORT_MODE) and port isolation (IFLA_BRPORT_ISOLATED)."""
+    if not hairpin and not isolated:
+        return  # both default to off on a new port
+    with kernel(f"set bridge port options of {link.name!r}"):
+        _ipr().brport("set", index=link.index, mode=int(hairpin), isolated=int(isolated))
+
+
+def configure_vlans(link: Link, vlan: int, trunk: list[int], preserve_default: bool) -> None:
+    """Reference semantics: an access port (untagged pvid `vlan`) or a trunk (tagged `trunk` ids);
+    the default VLAN 1 is removed from the port unless `preserveDefaultVlan`."""
+    if not vlan and not trunk:
+        return
+    ipr = _ipr()
+    with kernel(f"set the VLANs of {link.name!r}"):
+        if not preserve_default:
+            with contextlib.suppress(Exception):
+                ipr.vlan_filter("del", index=link.index, vlan_info={"vid": 1})
+        if vlan:
+            ipr.vlan_filter("add", index=link.index,
+                            vlan_info={"vid": vlan, "flags": BRIDGE_VLAN_INFO_PVID | BRIDGE_VLAN_INFO_UNTAGGED})
+        for vid in trunk:
+            ipr.vlan_filter("add", index=link.index, vlan_info={"vid": vid})
+
+
+def ensure_vlan_gateway(bridge: Link, name: str, peer_name: str, vlan: int, preserve_default: bool) -> Link:
+    """Reference `ensureVlanInterface`: with `vlan` + `isGateway` the gateway address lives on a
+    host-side veth `<bridge>.<vlan>` whose peer is an access port of that VLAN on the bridge."""
+    link = get_link(name)
+    if link is not None:
+        return link
+    ipr = _ipr()
+    kwargs: dict[str, Any] = {"ifname": peer_name, "kind": "veth", "master": bridge.index,
+                              "flags": IFF_UP, "change": IFF_UP, "peer": {"ifname": name}}
+    if bridge.mtu:
+        kwargs["mtu"] = bridge.mtu
+        kwargs["peer"]["mtu"] = bridge.mtu
+    try:
+        ipr.link("add", **kwargs)
+    except Exception as exc:
+        if _netlink_error_code(exc) != errno.EEXIST:
+            raise CNIError(KERNEL, f"failed to create the VLAN gateway {name!r}", str(exc)) from None
+    port, link = get_link(peer_name), get_link(name)
+    if port is None or link is None:
+        raise CNIError(KERNEL, f"VLAN gateway {name!r} vanished right after it was created")
+    configure_vlans(port, vlan, [], preserve_default)
+    with kernel(f"set {name!r} up"):
+        ipr.link("set", index=link.index, state="up")
+    return get_link(name) or link
+
+
+def delete_link(name: str) -> bool:
+    """Delete a host link by name; False when it did not exist (DEL is idempotent)."""
+    try:
+        _ipr().link("del", ifname=name)
+    except Exception as exc:
+        if _netlink_error_code(exc) in (errno.ENODEV, errno.ENOENT):
+            return False
+        raise CNIError(KERNEL, f"failed to delete link {name!r}", str(exc)) from None
+    return True
+
+
+# -- pod side -------------------------------------------------------------------------------------
+
+
+def pod_sysctls(ifname: str, enabledad: bool, has_v6: bool) -> None:
+    """Container-side sysctls of the reference bridge (call inside `Pod`).
+
+    accept_dad=0 unless `enabledad` (then accept_dad=1 + enhanced_dad=1), arp_notify=1; for IPv6
+    addresses the reference IPAM helper also enables IPv6 on lo and the interface and sets
+    keep_addr_on_down=1.
+    """
+    if enabledad:
+        write_sysctl(f"net/ipv6/conf/{ifname}/enhanced_dad", "1")
+        write_sysctl(f"net/ipv6/conf/{ifname}/accept_dad", "1")
+    else:
+        write_sysctl(f"net/ipv6/conf/{ifname}/accept_dad", "0")
+    write_sysctl(f"net/ipv4/conf/{ifname}/arp_notify", "1")
+    if has_v6:
+        for dev in ("lo", ifname):
+            write_sysctl(f"net/ipv6/conf/{dev}/disable_ipv6", "0")
+        write_sysctl(f"net/ipv6/conf/{ifname}/keep_addr_on_down", "1")
+
+
+def pod_configure(pod: Pod, ifname: str, ips: list[str], routes: list[dict], up: bool, nodad: bool) -> Link:
+    """Addresses, link up, then routes on the container interface (reference `ConfigureIface`).
+
+    `routes` are dicts {dst, gw, priority, table, scope, mtu, advmss}; routes are added after the
+    link is up because the kernel refuses a gateway route on a down link.
+    """
+    ipr = pod.ipr
+    link = get_link(ifname, ipr)
+    if link is None:
+        raise CNIError(KERNEL, f"container interface {ifname!r} not found in {pod.path}")
+    for iface in ips:
+        add_address(link.index, iface, ipr, nodad=nodad, what=ifname)
+    if up:
+        with kernel(f"set {ifname!r} up"):
+            ipr.link("set", index=link.index, state="up")
+    for route in routes:
+        add_route(ipr, link.index, route, ifname)
+    return get_link(ifname, ipr) or link
+
+
+def add_route(ipr: Any, index: int, route: dict, ifname: str) -> None:
+    dst = ipaddress.ip_network(route["dst"])
+    kwargs: dict[str, Any] = {"dst": str(dst.network_address), "dst_len": dst.prefixlen, "oif": index,
+                              "family": 2 if dst.version == 4 else 10}
+    if route.get("gw"):
+        kwargs["gateway"] = route["gw"]
+    if route.get("priority"):
+        kwargs["priority"] = route["priority"]
+    if route.get("table"):
+        kwargs["table"] = route["table"]
+    if route.get("scope") is not None:
+        kwargs["scope"] = route["scope"]
+    metrics = {}
+    if route.get("mtu"):
+        metrics["RTAX_MTU"] = route["mtu"]
+    if route.get("advmss"):
+        metrics["RTAX_ADVMSS"] = route["advmss"]
+    if metrics:
+        kwargs["metrics"] = metrics
+    try:
+        ipr.route("add", **kwargs)
+    except Exception as exc:
+        if _netlink_error_code(exc) == errno.EEXIST:
+            # ECMP: the reference appends a nexthop; an identical route already present is fine
+            return
+        via = f" via {route.get('gw')}" if route.get("gw") else ""
+        raise CNIError(KERNEL, f"failed to add route {dst}{via} dev {ifname}", str(exc)) from None
+
+
+def routes(ipr: Any, index: int | None = None) -> list[RouteInfo]:
+    out = []
+    for family in (2, 10):
+        for msg in ipr.get_routes(family=family):
+            if index is not None and msg.get("RTA_OIF") != index:
+                continue
+            dst = msg.get("RTA_DST")
+            length = msg["dst_len"]
+            if dst is None:
+                dst = "0.0.0.0" if family == 2 else "::"
+            out.append(RouteInfo(dst=str(ipaddress.ip_network(f"{dst}/{length}", strict=False)),
+                                 gw=msg.get("RTA_GATEWAY"), table=msg.get("RTA_TABLE") or msg["table"],
+                                 priority=msg.get("RTA_PRIORITY") or 0))
+    return out
+
+
+def pod_delete(pod: Pod, ifname: str) -> list[str]:
+    """Delete `ifname` in the pod (its veth peer goes with it); returns its addresses."""
+    link = get_link(ifname, pod.ipr)
+    if link is None:
+        return []
+    with kernel(f"list the addresses of {ifname!r}"):
+        addrs = [a.address for a in addresses(link.index, pod.ipr)]
+    try:
+        pod.ipr.link("del", index=link.index)
+    except Exception as exc:
+        if _netlink_error_code(exc) not in (errno.ENODEV, errno.ENOENT):
+            raise CNIError(KERNEL, f"failed to delete {ifname!r} in {pod.path}", str(exc)) from None
+    return addrs
+
+
+def netlink_ready() -> None:
+    """STATUS: the plugin can talk rtnetlink and may create links (CAP_NET_ADMIN)."""
+    with kernel("open an rtnetlink socket"):
+        _ipr().get_links(1)
