@@ -10,7 +10,7 @@ BUILD       ?= build
 CNITOOL     := $(BUILD)/bin/pycni-cnitool
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv build install uninstall test test-unit check demo clean
+.PHONY: all deps venv build install uninstall test test-unit check demo clean bundle
 
 all: venv build
 
@@ -32,6 +32,11 @@ $(CNITOOL): integration/cnitool/main.go integration/cnitool/build.sh
 	OUT=$(BUILD)/bin bash integration/cnitool/build.sh
 
 build: $(CNITOOL)
+
+# Self-contained bundle for nodes without Python (and without glibc): build/bundle/ and
+# build/pycni-bundle.tar.gz = pycni, pycni-host-local and pycni.d/ (see integration/bundle/README.md).
+bundle: venv
+	bash integration/bundle/build.sh
 
 # Install both plugins into $(CNI_BIN_DIR) so that they run without this checkout and without any
 # pyenv shim: a private venv in $(PYCNI_HOME) holds the package, and each executable is a two-line

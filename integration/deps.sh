@@ -5,9 +5,16 @@
 #   iproute2, util-linux          network namespaces, nsenter
 #   nftables, iptables            masquerade backends
 #   iputils-ping                  connectivity checks
+#   containerd, runc, podman, conmon
+#                                 integration/runtimes: real runtimes drive pycni (containerd's CRI plugin,
+#                                 podman's CNI backend); busybox-static is also their sandbox image / rootfs
+#   busybox-static                the python-less, glibc-less node rootfs of the bundle test
+#   docker.io                     integration/kindlab: dockerd (started by the harness inside a node
+#                                 namespace, never as a service) runs the kind-style node containers
 set -euo pipefail
 PKGS=(make ca-certificates python3-venv containernetworking-plugins golang-go golang-github-appc-cni-dev
-      iproute2 util-linux nftables iptables iputils-ping procps)
+      iproute2 util-linux nftables iptables iputils-ping procps
+      busybox-static containerd runc podman conmon docker.io)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

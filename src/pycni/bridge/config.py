@@ -54,7 +54,7 @@ class VlanTrunk(Model):
     id: int | None = Field(default=None, ge=1, le=MAX_VLAN)
 
     @model_validator(mode="after")
-    def _pairs(self) -> "VlanTrunk":
+    def _pairs(self) -> VlanTrunk:
         if (self.minID is None) != (self.maxID is None):
             raise ValueError("minID and maxID must be configured together")
         if self.minID is not None and self.maxID is not None and self.maxID < self.minID:
@@ -99,7 +99,7 @@ class BridgeConf(NetConf):
         return value
 
     @model_validator(mode="after")
-    def _combinations(self) -> "BridgeConf":
+    def _combinations(self) -> BridgeConf:
         # Reference bridge: isDefaultGateway implies isGateway.
         if self.isDefaultGateway:
             self.isGateway = True

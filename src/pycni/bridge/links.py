@@ -21,8 +21,9 @@ import errno
 import ipaddress
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Self
 
 from ..spec.errors import INVALID_ENV, KERNEL, CNIError
 
@@ -83,10 +84,17 @@ def kernel(what: str) -> Iterator[None]:
         yield
     except CNIError:
         raise
-    except (OSError, ValueError) as exc:  # NetlinkError is an OSError subclass
+    except _nl_errors() as exc:
         code = getattr(exc, "code", None) or getattr(exc, "errno", None) or 0
         detail = os.strerror(code) if isinstance(code, int) and code > 0 else str(exc)
         raise CNIError(KERNEL, f"failed to {what}", detail or type(exc).__name__) from None
+
+
+def _nl_errors() -> tuple[type[BaseException], ...]:
+    """What a netlink request may raise (pyroute2's NetlinkError is not an OSError)."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    return (NetlinkError, OSError, ValueError)
 
 
 def _netlink_error_code(exc: BaseException) -> int:
@@ -106,7 +114,7 @@ def _ipr() -> Any:
 def close() -> None:
     global _host_ipr
     if _host_ipr is not None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*_nl_errors()):
             _host_ipr.close()
         _host_ipr = None
 
@@ -142,7 +150,7 @@ class Pod:
         self.ipr: Any = None
         self._home = -1
 
-    def __enter__(self) -> "Pod":
+    def __enter__(self) -> Self:
         from pyroute2 import IPRoute
 
         self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -196,7 +204,7 @@ def get_link(name: str, ipr: Any = None) -> Link | None:
     ipr = ipr or _ipr()
     try:
         msgs = ipr.link("get", ifname=name)
-    except Exception as exc:
+    except _nl_errors() as exc:
         if _netlink_error_code(exc) in (errno.ENODEV, errno.ENOENT):
             return None
         raise CNIError(KERNEL, f"failed to look up link {name!r}", str(exc)) from None
@@ -261,8 +269,12 @@ def ensure_bridge(name: str, mtu: int, promisc: bool, vlan_filtering: bool) -> L
             kwargs["br_vlan_filtering"] = 1
         try:
             ipr.link("add", **kwargs)
-        except Exception as exc:
-            if _netlink_error_code(exc) != errno.EEXIST:  # a concurrent ADD created it first
+        except _nl_errors() as exc:
+            code = _netlink_error_code(exc)
+            if code == errno.EOPNOTSUPP and vlan_filtering:
+                raise CNIError(KERNEL, f"failed to create bridge {name!r} with VLAN filtering",
+                               "the kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)") from None
+            if code != errno.EEXIST:  # EEXIST: a concurrent ADD created it first
                 raise CNIError(KERNEL, f"failed to create bridge {name!r}", str(exc)) from None
         link = get_link(name)
         if link is None:
@@ -330,7 +342,7 @@ def add_address(index: int, iface: str, ipr: Any, *, nodad: bool, tolerate_exist
         kwargs["flags"] = IFA_F_NODAD
     try:
         ipr.addr("add", **kwargs)
-    except Exception as exc:
+    except _nl_errors() as exc:
         if tolerate_exists and _netlink_error_code(exc) == errno.EEXIST:
             return
         raise CNIError(KERNEL, f"failed to add address {ip} to {what or index}", str(exc)) from None
@@ -362,7 +374,7 @@ def create_veth(pod: Pod, host_name: str, ifname: str, bridge: Link, mtu: int, m
         peer["address"] = mac
     try:
         ipr.link("add", **kwargs)
-    except Exception as exc:
+    except _nl_errors() as exc:
         if _netlink_error_code(exc) == errno.EEXIST:
             if get_link(host_name) is not None:
                 raise CNIError(KERNEL, f"host veth {host_name!r} already exists",
@@ -395,7 +407,7 @@ def configure_vlans(link: Link, vlan: int, trunk: list[int], preserve_default: b
     ipr = _ipr()
     with kernel(f"set the VLANs of {link.name!r}"):
         if not preserve_default:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*_nl_errors()):
                 ipr.vlan_filter("del", index=link.index, vlan_info={"vid": 1})
         if vlan:
             ipr.vlan_filter("add", index=link.index,
@@ -418,7 +430,7 @@ def ensure_vlan_gateway(bridge: Link, name: str, peer_name: str, vlan: int, pres
         kwargs["peer"]["mtu"] = bridge.mtu
     try:
         ipr.link("add", **kwargs)
-    except Exception as exc:
+    except _nl_errors() as exc:
         if _netlink_error_code(exc) != errno.EEXIST:
             raise CNIError(KERNEL, f"failed to create the VLAN gateway {name!r}", str(exc)) from None
     port, link = get_link(peer_name), get_link(name)
@@ -434,7 +446,7 @@ def delete_link(name: str) -> bool:
     """Delete a host link by name; False when it did not exist (DEL is idempotent)."""
     try:
         _ipr().link("del", ifname=name)
-    except Exception as exc:
+    except _nl_errors() as exc:
         if _netlink_error_code(exc) in (errno.ENODEV, errno.ENOENT):
             return False
         raise CNIError(KERNEL, f"failed to delete link {name!r}", str(exc)) from None
@@ -485,8 +497,9 @@ def pod_configure(pod: Pod, ifname: str, ips: list[str], routes: list[dict], up:
 
 def add_route(ipr: Any, index: int, route: dict, ifname: str) -> None:
     dst = ipaddress.ip_network(route["dst"])
+    # proto boot (3), as iproute2 and the reference (vishvananda/netlink) add routes; pyroute2 says static
     kwargs: dict[str, Any] = {"dst": str(dst.network_address), "dst_len": dst.prefixlen, "oif": index,
-                              "family": 2 if dst.version == 4 else 10}
+                              "family": 2 if dst.version == 4 else 10, "proto": 3}
     if route.get("gw"):
         kwargs["gateway"] = route["gw"]
     if route.get("priority"):
@@ -504,7 +517,7 @@ def add_route(ipr: Any, index: int, route: dict, ifname: str) -> None:
         kwargs["metrics"] = metrics
     try:
         ipr.route("add", **kwargs)
-    except Exception as exc:
+    except _nl_errors() as exc:
         if _netlink_error_code(exc) == errno.EEXIST:
             # ECMP: the reference appends a nexthop; an identical route already present is fine
             return
@@ -537,7 +550,7 @@ def pod_delete(pod: Pod, ifname: str) -> list[str]:
         addrs = [a.address for a in addresses(link.index, pod.ipr)]
     try:
         pod.ipr.link("del", index=link.index)
-    except Exception as exc:
+    except _nl_errors() as exc:
         if _netlink_error_code(exc) not in (errno.ENODEV, errno.ENOENT):
             raise CNIError(KERNEL, f"failed to delete {ifname!r} in {pod.path}", str(exc)) from None
     return addrs
@@ -547,3 +560,61 @@ def netlink_ready() -> None:
     """STATUS: the plugin can talk rtnetlink and may create links (CAP_NET_ADMIN)."""
     with kernel("open an rtnetlink socket"):
         _ipr().get_links(1)
+
+
+def link_kind_raw(name: str) -> str | None:
+    """Kind of link `name` ("bridge", "veth", "" when unknown), None when absent - over a raw
+    rtnetlink socket, without pyroute2, so STATUS stays cheap. Raises CNIError 101 when rtnetlink
+    cannot be reached."""
+    import socket
+    import struct
+
+    rtm_getlink, rtm_newlink, nlmsg_error, ifla_ifname, ifla_linkinfo, ifla_info_kind = 18, 16, 2, 3, 18, 1
+    encoded = name.encode() + b"\0"
+    attr = struct.pack("HH", 4 + len(encoded), ifla_ifname) + encoded
+    attr += b"\0" * (-len(attr) % 4)
+    body = struct.pack("BxHiII", 0, 0, 0, 0, 0) + attr
+    msg = struct.pack("IHHII", 16 + len(body), rtm_getlink, 1, 1, 0) + body
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+            sock.settimeout(5)
+            sock.bind((0, 0))
+            sock.send(msg)
+            data = sock.recv(65536)
+    except OSError as exc:
+        raise CNIError(KERNEL, "rtnetlink is not reachable", str(exc)) from None
+    length, mtype = struct.unpack_from("IH", data, 0)
+    if mtype == nlmsg_error:
+        (err,) = struct.unpack_from("i", data, 16)
+        if -err in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise CNIError(KERNEL, f"rtnetlink GETLINK {name!r} failed", os.strerror(-err))
+    if mtype != rtm_newlink:
+        raise CNIError(KERNEL, "unexpected rtnetlink answer", f"type {mtype}")
+
+    def attrs(buf: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        while start + 4 <= end:
+            alen, atype = struct.unpack_from("HH", buf, start)
+            if alen < 4:
+                return
+            yield atype & 0x3FFF, buf[start + 4 : start + alen]
+            start += (alen + 3) & ~3
+
+    for atype, payload in attrs(data, 32, length):
+        if atype == ifla_linkinfo:
+            for itype, ipayload in attrs(payload, 0, len(payload)):
+                if itype == ifla_info_kind:
+                    return ipayload.rstrip(b"\0").decode()
+    return ""
+
+
+def can_admin_network() -> bool:
+    """CAP_NET_ADMIN (bit 12) in the effective set: needed to create bridges and veths."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & (1 << 12))
+    except OSError:
+        pass
+    return False

@@ -6,7 +6,10 @@ Rules (those of the reference host-local, plus the store policy of docs/ipam-sto
   * a requested address must fall in a range set, must not be that range's gateway, must be free,
     and every requested address must be used, else nothing is allocated;
   * otherwise addresses are handed out round-robin from the last reserved one;
-  * any failure releases what this call reserved, so a failed ADD leaves the store as it was.
+  * the checks that need no write (duplicate attachment, requested addresses) come before any write, so
+    such a failure writes nothing (beyond reclaiming empty lease files); a later failure (a taken requested address, a full
+    range set) releases what this call reserved - only the round-robin cursor stays advanced, as in
+    the reference.
 The caller holds the store lock for the whole call.
 """
 
@@ -49,22 +52,18 @@ def owned_by(leases: Iterable[Lease], container_id: str, ifname: str) -> list[Le
 
 def allocate(range_sets: Iterable[RangeSet], requested: Iterable[IPAddress], store: Store,
              container_id: str, ifname: str) -> list[IPConfig]:
+    sets = list(range_sets)
     leases = _reclaim_empty(store, store.leases())
     used = {lease.ip for lease in leases}
-    mine = owned_by(leases, container_id, ifname)
-    pending = list(requested)
+    # Everything that can be decided without writing is decided first: a request that cannot succeed
+    # leaves no trace, not even an advanced round-robin cursor (which a reserve-then-release would).
+    wanted = _match_requested(sets, list(requested), owned_by(leases, container_id, ifname), container_id, ifname)
     reserved: list[IPAddress] = []
     out: list[IPConfig] = []
     try:
-        for idx, rset in enumerate(range_sets):
-            for lease in mine:
-                if rset.range_for(lease.ip):
-                    raise CNIError(ADDRESS_UNAVAILABLE,
-                                   f"{lease.ip} has been allocated to {container_id}, duplicate allocation is not "
-                                   f"allowed", f"range set {idx}; interface {ifname}")
-            want = next((ip for ip in pending if rset.range_for(ip)), None)
+        for idx, rset in enumerate(sets):
+            want = wanted.get(idx)
             if want is not None:
-                pending.remove(want)
                 ip = _reserve_requested(rset, want, idx, store, container_id, ifname)
             else:
                 ip = _reserve_next(rset, idx, used, store, container_id, ifname)
@@ -73,10 +72,6 @@ def allocate(range_sets: Iterable[RangeSet], requested: Iterable[IPAddress], sto
             assert rng is not None
             out.append(IPConfig(address=f"{ip}/{rng.subnet.prefixlen}",
                                 gateway=str(rng.gateway) if rng.gateway else None))
-        if pending:
-            raise CNIError(ADDRESS_UNAVAILABLE,
-                           "failed to allocate all requested IPs: " + " ".join(str(ip) for ip in pending),
-                           "a requested address is in no range set, or two are in the same set")
     except BaseException:
         for ip in reserved:
             store.release(ip)
@@ -84,11 +79,35 @@ def allocate(range_sets: Iterable[RangeSet], requested: Iterable[IPAddress], sto
     return out
 
 
+def _match_requested(sets: list[RangeSet], requested: list[IPAddress], mine: list[Lease],
+                     container_id: str, ifname: str) -> dict[int, IPAddress]:
+    """The pure checks of an ADD: no set already holds a lease of this attachment, and every requested
+    address falls in a distinct range set and is not that range's gateway. Returns set index -> address."""
+    pending = list(requested)
+    wanted: dict[int, IPAddress] = {}
+    for idx, rset in enumerate(sets):
+        for lease in mine:
+            if rset.range_for(lease.ip):
+                raise CNIError(ADDRESS_UNAVAILABLE,
+                               f"{lease.ip} has been allocated to {container_id}, duplicate allocation is not "
+                               f"allowed", f"range set {idx}; interface {ifname}")
+        want = next((ip for ip in pending if rset.range_for(ip)), None)
+        if want is None:
+            continue
+        pending.remove(want)
+        rng = rset.range_for(want)
+        assert rng is not None
+        if want == rng.gateway:
+            raise CNIError(ADDRESS_UNAVAILABLE, f"requested ip {want} is subnet's gateway")
+        wanted[idx] = want
+    if pending:
+        raise CNIError(ADDRESS_UNAVAILABLE,
+                       "failed to allocate all requested IPs: " + " ".join(str(ip) for ip in pending),
+                       "a requested address is in no range set, or two are in the same set")
+    return wanted
+
+
 def _reserve_requested(rset: RangeSet, ip: IPAddress, idx: int, store: Store, cid: str, ifname: str) -> IPAddress:
-    rng = rset.range_for(ip)
-    assert rng is not None
-    if ip == rng.gateway:
-        raise CNIError(ADDRESS_UNAVAILABLE, f"requested ip {ip} is subnet's gateway")
     if not store.reserve(ip, cid, ifname, idx):
         raise CNIError(ADDRESS_UNAVAILABLE, f"requested IP address {ip} is not available in range set {rset}")
     return ip

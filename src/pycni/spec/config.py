@@ -23,12 +23,19 @@ def decode(stdin: bytes) -> dict:
     if len(stdin) > MAX_CONFIG_BYTES:
         raise CNIError(INVALID_CONFIG, "network configuration too large", f"{len(stdin)} bytes > {MAX_CONFIG_BYTES}")
     try:
-        data = json.loads(stdin.decode("utf-8"))
+        data = json.loads(stdin.decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise CNIError(DECODE_FAILURE, "failed to decode the network configuration", str(exc)[:300]) from None
+    except RecursionError:  # thousands of nested [ or { fit in 1 MiB; Go's decoder refuses them too
+        raise CNIError(DECODE_FAILURE, "failed to decode the network configuration", "nested too deeply") from None
     if not isinstance(data, dict):
         raise CNIError(DECODE_FAILURE, "the network configuration must be a JSON object", type(data).__name__)
     return data
+
+
+def _refuse_constant(name: str) -> object:
+    """RFC 8259 has no NaN or Infinity; Python's json accepts them, the Go decoder libcni uses does not."""
+    raise ValueError(f"invalid JSON literal {name}")
 
 
 def version_of(data: dict) -> str:

@@ -1,0 +1,190 @@
+"""Real container runtimes (containerd's CRI plugin, podman's CNI backend) drive the plugin under test.
+
+The plugin under test is a parameter: PYCNI_RUNTIMES_PLUGIN=pycni (default: `pycni` + `pycni-host-local`
+installed with `make install` into a scratch CNI bin dir) or =reference (Debian's `bridge` + `host-local`,
+to debug the harness itself). loopback and portmap always come from Debian's /usr/lib/cni.
+
+Everything lives under one scratch directory (/tmp/pycnirt-*), inside node network namespaces created
+here; the session fixture removes it all, and rt_node's atexit safety net does too if pytest dies.
+Logs of the last run are copied to build/runtimes-logs/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rt_node import (
+    CLEANUP,
+    NETNS_DIR,
+    Node,
+    ledger_add,
+    link_client,
+    log,
+    mounts_under,
+    read_ledger,
+    reap_stale,
+    sweep,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+REFERENCE_DIR = Path("/usr/lib/cni")
+LOG_COPY = REPO / "build" / "runtimes-logs"
+PLUGIN = os.environ.get("PYCNI_RUNTIMES_PLUGIN", "pycni")
+NEEDED = ["containerd", "ctr", "runc", "containerd-shim-runc-v2", "podman", "conmon", "nsenter", "ip",
+          "iptables-save", "nft", "ping"]
+
+
+def _sigterm_to_interrupt(signum, frame):
+    # SIGTERM (a CI timeout, a kill) would end Python without finalizers or atexit: turn it into the
+    # KeyboardInterrupt pytest handles by tearing fixtures down.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config):
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    config.addinivalue_line("markers", "runtimes: real container runtimes (containerd CRI, podman) drive the "
+                                       "plugin inside node namespaces; needs root")
+
+
+def _missing() -> list[str]:
+    out = [b for b in NEEDED if not shutil.which(b)]
+    if not Path("/bin/busybox").exists():
+        out.append("/bin/busybox (busybox-static)")
+    for plugin in ("loopback", "portmap") + (("bridge", "host-local") if PLUGIN == "reference" else ()):
+        if not (REFERENCE_DIR / plugin).exists():
+            out.append(str(REFERENCE_DIR / plugin))
+    return out
+
+
+@dataclass
+class Session:
+    scratch: Path
+    plugin: str          # "pycni" or "reference"
+    bin_dir: Path
+    cgroup_parent: str   # every pod/container cgroup goes below this one, removed at the end
+    nodes: list[Node]
+
+    def new_node(self, prefix: str) -> Node:
+        node = Node(prefix, self.scratch)
+        self.nodes.append(node)
+        return node
+
+    def new_client(self, node: Node, prefix: str, node_cidr: str, client_cidr: str) -> Node:
+        client = link_client(node, prefix, node_cidr, client_cidr, self.scratch)
+        self.nodes.append(client)
+        return client
+
+    def own_netns(self, path: str) -> None:
+        """A namespace a runtime made in /var/run/netns: reaped by the next run if this one is SIGKILLed."""
+        if path.startswith((str(NETNS_DIR) + "/", "/run/netns/")):
+            ledger_add(self.scratch, "netns", os.path.basename(path))
+
+    def conflist(self, name: str, bridge: str, subnet: str, data_dir: Path) -> dict:
+        """pycni (or the reference bridge) + portmap, as a runtime's conf dir would hold it."""
+        if self.plugin == "pycni":
+            main = {"type": "pycni", "logFile": str(self.scratch / "pycni.log"), "logLevel": "INFO"}
+            ipam_type = "pycni-host-local"
+        else:
+            main, ipam_type = {"type": "bridge"}, "host-local"
+        main.update({
+            "bridge": bridge, "isGateway": True, "ipMasq": True, "hairpinMode": True,
+            "ipam": {"type": ipam_type, "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}],
+                     "dataDir": str(data_dir)},
+        })
+        return {"cniVersion": "1.0.0", "name": name,
+                "plugins": [main, {"type": "portmap", "capabilities": {"portMappings": True}}]}
+
+
+def _install_plugins(scratch: Path, plugin: str) -> Path:
+    bin_dir = scratch / "cni-bin"
+    bin_dir.mkdir()
+    if plugin == "pycni":
+        t0 = time.monotonic()
+        proc = subprocess.run(["make", "-s", "-C", str(REPO), "install", f"CNI_BIN_DIR={bin_dir}",
+                               f"PYCNI_HOME={scratch / 'pycni-home'}"], capture_output=True, text=True, check=False)
+        if proc.returncode:
+            pytest.fail(f"make install failed:\n{proc.stdout}\n{proc.stderr}")
+        log(f"make install took {time.monotonic() - t0:.1f}s")
+        extra = ["loopback", "portmap"]
+    elif plugin == "reference":
+        extra = ["bridge", "host-local", "loopback", "portmap"]
+    else:
+        pytest.fail(f"PYCNI_RUNTIMES_PLUGIN must be pycni or reference, not {plugin!r}")
+    for name in extra:
+        (bin_dir / name).symlink_to(REFERENCE_DIR / name)
+    return bin_dir
+
+
+@pytest.fixture(scope="session")
+def rt_session():
+    if os.geteuid() != 0:
+        pytest.skip("runtime tests need root")
+    missing = _missing()
+    if missing:
+        pytest.skip(f"missing: {', '.join(missing)} (make deps installs them)")
+    for item in reap_stale():
+        log(f"reaped a killed earlier run: {item}")
+    # containerd's shims put their sockets in /run/containerd/s whatever its state dir: remove the
+    # (then empty) directories afterwards if they were not there before us.
+    # Likewise libcni's result cache (/var/lib/cni/results), used by both runtimes.
+    run_dirs = [d for d in (Path("/run/containerd/s"), Path("/run/containerd"), Path("/var/lib/cni/results"),
+                            Path("/var/lib/cni")) if not d.exists()]
+    scratch = Path(tempfile.mkdtemp(prefix="pycnirt-", dir="/tmp"))
+    os.chmod(scratch, 0o755)
+    cgroup_parent = f"/pycnirt-{uuid.uuid4().hex[:6]}"
+    ledger_add(scratch, "pid", str(os.getpid()))
+    ledger_add(scratch, "cgroup", cgroup_parent)
+    session = Session(scratch=scratch, plugin=PLUGIN, bin_dir=Path(),
+                      cgroup_parent=cgroup_parent, nodes=[])
+
+    def final_sweep():
+        leftovers = sweep(str(scratch))
+        for item in leftovers:
+            log(f"swept leftover: {item}")
+        _copy_logs(scratch)
+        for d in run_dirs:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        if not mounts_under(str(scratch)):
+            subprocess.run(["rm", "-rf", "--one-file-system", str(scratch)], capture_output=True, check=False)
+        else:
+            log(f"NOT removing {scratch}: still mounted: {mounts_under(str(scratch))}")
+
+    CLEANUP.add(f"scratch {scratch}", final_sweep)
+    session.bin_dir = _install_plugins(scratch, PLUGIN)
+    log(f"plugin under test: {PLUGIN}; scratch {scratch}")
+    yield session
+    ours = [v for k, v in read_ledger(scratch) if k == "netns"]
+    CLEANUP.run_all()
+    # Nothing of ours may survive the session.
+    left = [n for n in ours if (NETNS_DIR / n).exists()]
+    assert not left, f"network namespaces left: {left}"
+    assert not mounts_under(str(scratch)), f"mounts left: {mounts_under(str(scratch))}"
+    assert not CLEANUP.errors, f"cleanup errors: {CLEANUP.errors}"
+
+
+def _copy_logs(scratch: Path) -> None:
+    try:
+        if LOG_COPY.exists():
+            shutil.rmtree(LOG_COPY)
+        LOG_COPY.mkdir(parents=True)
+        for f in list(scratch.glob("*.log")) + list(scratch.glob("*/*.log")):
+            if f.is_file() and f.stat().st_size < 20_000_000:
+                shutil.copy(f, LOG_COPY / f"{f.parent.name}-{f.name}" if f.parent != scratch else LOG_COPY / f.name)
+    except OSError as exc:
+        log(f"could not copy logs: {exc}")

@@ -1,0 +1,221 @@
+"""containerd's CRI plugin drives the plugin under test, as kubelet would make it.
+
+One containerd (Debian's 1.6) runs in a node namespace with its own root, state and socket; its CNI
+conf dir holds one conflist (the bridge plugin + portmap), its bin dir the plugin under test plus
+Debian's loopback and portmap. The tests run in file order on shared pods (module fixtures):
+addresses, pod-to-pod traffic, a container's view of eth0, a hostPort through portmap, a containerd
+crash and restart, and finally a teardown that must leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from rt_checks import leftover_rules, node_snapshot
+from rt_containerd import CRI, Containerd
+from rt_image import build_oci_tar
+from rt_node import http_get, in_netns, log, pid_alive, pids_in_netns
+
+pytestmark = pytest.mark.runtimes
+
+SUBNET = ipaddress.ip_network("10.77.0.0/24")
+GATEWAY = "10.77.0.1"
+NETWORK = "pycni-ctd"
+BRIDGE = "pycnictd0"
+IMAGE = "localhost/pycni/sandbox:test"
+NODE_ADDR, CLIENT_ADDR = "10.78.0.1", "10.78.0.2"  # a veth between the node and a client namespace
+HOST_PORT = 8080
+
+
+class Env:
+    def __init__(self, session, node, client, ctd: Containerd, cri: CRI, data_dir: Path, baseline: dict):
+        self.session, self.node, self.client, self.ctd, self.cri = session, node, client, ctd, cri
+        self.data_dir, self.baseline = data_dir, baseline
+        self.dir = ctd.scratch
+        self.cgroup_parent = session.cgroup_parent + "/containerd"
+        self.pods: list = []
+        self.removed_ids: list[str] = []
+
+    def new_cri(self) -> None:
+        self.cri.close()
+        self.cri = CRI(self.ctd.socket)
+
+
+@pytest.fixture(scope="module")
+def ctd(rt_session):
+    t0 = time.monotonic()
+    root = rt_session.scratch / "containerd"
+    (root / "net.d").mkdir(parents=True)
+    data_dir = root / "ipam"
+    conflist = rt_session.conflist(NETWORK, BRIDGE, str(SUBNET), data_dir)
+    (root / "net.d" / "10-pycni.conflist").write_text(json.dumps(conflist, indent=2))
+    node = rt_session.new_node("pycnirt-ctd")
+    client = rt_session.new_client(node, "pycnirt-cli", f"{NODE_ADDR}/24", f"{CLIENT_ADDR}/24")
+    ctd = Containerd(node, root, rt_session.bin_dir, root / "net.d", IMAGE)
+    ctd.start()
+    tar = build_oci_tar(root / "sandbox-oci.tar", IMAGE)
+    ctd.ctr("-n", "k8s.io", "images", "import", str(tar))
+    cri = CRI(ctd.socket)
+    assert IMAGE in cri.images()
+    log(f"{cri.version()} ready in {time.monotonic() - t0:.1f}s (node {node.name})")
+    env = Env(rt_session, node, client, ctd, cri, data_dir, node_snapshot(node, data_dir))
+    yield env
+    # Finalizer: whatever a failed test left, remove it through CRI, then stop containerd by PID.
+    try:
+        if env.ctd.daemon and env.ctd.daemon.alive():
+            env.removed_ids += env.cri.remove_all()
+    finally:
+        env.cri.close()
+        env.ctd.stop()
+        left = pids_in_netns({node.inode})
+        if left:
+            log(f"processes still in {node.name} after containerd stopped: {left}")
+        client.delete()
+        node.delete()
+
+
+@pytest.fixture(scope="module")
+def pods(ctd):
+    """Three pods; the first maps hostPort 8080 to its port 80."""
+    for n in range(3):
+        t0 = time.monotonic()
+        pod = ctd.cri.run_pod(f"pod{n}", ctd.dir / "logs", ctd.cgroup_parent,
+                              port_mappings=[(80, HOST_PORT)] if n == 0 else [])
+        log(f"RunPodSandbox pod{n}: {pod.id[:12]} ip={pod.ip} netns={pod.netns} "
+            f"({(time.monotonic() - t0) * 1000:.0f} ms)")
+        ctd.pods.append(pod)
+    return ctd.pods
+
+
+def ping(netns: str, ip: str) -> bool:
+    return in_netns(netns, "ping", "-c1", "-W2", ip).returncode == 0
+
+
+def test_pods_get_unique_addresses_in_the_subnet(ctd, pods):
+    ips = [p.ip for p in pods]
+    assert all(ips), f"PodSandboxStatus without an IP: {ips}"
+    assert len(set(ips)) == len(ips), ips
+    for ip in ips:
+        assert ipaddress.ip_address(ip) in SUBNET and ip != GATEWAY
+    # the leases on disk are exactly these addresses, held by these sandboxes
+    for pod in pods:
+        lease = ctd.data_dir / NETWORK / pod.ip
+        assert lease.is_file(), f"no lease file {lease}"
+        assert lease.read_bytes().split(b"\r\n")[0].decode() == pod.id
+    for pod in pods:
+        assert pod.netns and Path(pod.netns).exists(), pod.netns
+        status, info = ctd.cri.status(pod.id)
+        assert status.state == 0  # SANDBOX_READY
+        assert info.get("cniResult"), "containerd recorded no CNI result"
+
+
+def test_pods_reach_each_other_by_pod_ip(pods):
+    for a, b in itertools.permutations(pods, 2):
+        assert ping(a.netns, b.ip), f"{a.name} ({a.ip}) cannot ping {b.name} ({b.ip})"
+    assert ping(pods[0].netns, GATEWAY)
+
+
+def test_a_container_sees_eth0_with_the_pod_ip(ctd, pods):
+    pod = pods[1]
+    cid = ctd.cri.create_container(pod, "shell", IMAGE, ["/pause"])
+    code, out, err = ctd.cri.exec_sync(cid, ["/bin/ip", "-o", "-4", "addr", "show", "dev", "eth0"])
+    assert code == 0, err
+    assert f"inet {pod.ip}/{SUBNET.prefixlen}" in out, out
+    code, out, err = ctd.cri.exec_sync(cid, ["/bin/ip", "route"])
+    assert code == 0 and f"default via {GATEWAY}" in out, out + err
+    # and from inside the container, its neighbour pod
+    code, out, err = ctd.cri.exec_sync(cid, ["/bin/ping", "-c1", "-W2", pods[2].ip])
+    assert code == 0, out + err
+
+
+def test_host_port_reaches_the_pod(ctd, pods):
+    pod = pods[0]
+    ctd.cri.create_container(pod, "web", IMAGE, ["/bin/httpd", "-f", "-p", "80", "-h", "/www"])
+    want = "hello from a pycni pod"
+    for _ in range(50):  # httpd is up when the pod's own address answers
+        if want in http_get(pod.netns, pod.ip, 80, timeout=1):
+            break
+        time.sleep(0.1)
+    # a client namespace wired to the node: DNAT in PREROUTING
+    out = http_get(ctd.client.path, NODE_ADDR, HOST_PORT)
+    assert want in out, f"client -> {NODE_ADDR}:{HOST_PORT}: {out}"
+    # the node itself: DNAT in OUTPUT
+    out = http_get(ctd.node.path, NODE_ADDR, HOST_PORT)
+    assert want in out, f"node -> {NODE_ADDR}:{HOST_PORT}: {out}"
+    # another pod, through the node's address
+    out = http_get(pods[2].netns, NODE_ADDR, HOST_PORT)
+    assert want in out, f"pod2 -> {NODE_ADDR}:{HOST_PORT}: {out}"
+    during = node_snapshot(ctd.node, ctd.data_dir)
+    per_pod = leftover_rules(ctd.baseline, during, [p.ip for p in pods] + [p.id for p in pods])
+    log(f"{len(per_pod)} per-pod firewall lines while 3 pods run:\n  " + "\n  ".join(per_pod))
+    assert leftover_rules(ctd.baseline, during, [pod.ip]), "no rule names pod0: leak check blind"
+
+
+def _shim_pids(ctd) -> set[int]:
+    return {pid for pid in pids_in_netns({ctd.node.inode})
+            if Path(f"/proc/{pid}/comm").read_text().strip().startswith("containerd-shim")}
+
+
+def test_containerd_restart_keeps_pods_and_new_pods_work(ctd, pods):
+    shims = _shim_pids(ctd)
+    assert shims, "no containerd-shim in the node namespace"
+    old = ctd.ctd.daemon.pid
+    ctd.ctd.stop(signal.SIGKILL)  # a crash, by PID
+    assert not pid_alive(old)
+    assert all(pid_alive(p) for p in shims), "shims died with containerd"
+    for a, b in itertools.permutations(pods, 2):  # the data path does not need containerd
+        assert ping(a.netns, b.ip)
+    ctd.ctd.start()
+    ctd.new_cri()
+    for pod in pods:
+        ip = pod.ip
+        ctd.cri.refresh(pod)
+        assert pod.ip == ip, f"{pod.name}: {ip} became {pod.ip!r} after the restart"
+        status, _ = ctd.cri.status(pod.id)
+        assert status.state == 0, f"{pod.name} not READY after the restart"
+    for a, b in itertools.permutations(pods, 2):
+        assert ping(a.netns, b.ip)
+    new = ctd.cri.run_pod("pod3", ctd.dir / "logs", ctd.cgroup_parent)
+    ctd.pods.append(new)
+    log(f"after restart: pod3 ip={new.ip}")
+    assert new.ip and ipaddress.ip_address(new.ip) in SUBNET
+    assert new.ip not in [p.ip for p in pods[:-1]]
+    assert ping(new.netns, pods[0].ip) and ping(pods[0].netns, new.ip)
+    code, out, err = ctd.cri.exec_sync(pods[1].containers[0], ["/bin/ping", "-c1", "-W2", new.ip]) \
+        if pods[1].containers else (0, "", "")
+    assert code == 0, out + err
+
+
+def test_stop_and_remove_leave_nothing_behind(ctd, pods):
+    needles = []
+    netns_files = [p.netns for p in pods]
+    for pod in list(pods):
+        needles += [pod.ip, pod.id]
+        ctd.cri.stop_and_remove(pod)
+        ctd.removed_ids.append(pod.id)
+        pods.remove(pod)
+    assert ctd.cri.sandboxes() == []
+    after = node_snapshot(ctd.node, ctd.data_dir)
+    assert after["leases"] == [], f"leases left: {after['leases']}"
+    assert after["veths"] == [], f"veths left: {after['veths']}"
+    left = leftover_rules(ctd.baseline, after, needles)
+    assert left == [], "firewall rules left:\n" + "\n".join(left)
+    for path in netns_files:
+        assert not Path(path).exists(), f"pod netns {path} left"
+    results = Path("/var/lib/cni/results")
+    cached = [f.name for f in results.glob("*")] if results.is_dir() else []
+    assert not [f for f in cached if any(i in f for i in ctd.removed_ids)], f"CNI result cache left: {cached}"
+    # no shim, no pod process: only containerd is left in the node namespace
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and set(pids_in_netns({ctd.node.inode})) - {ctd.ctd.daemon.pid}:
+        time.sleep(0.1)
+    others = set(pids_in_netns({ctd.node.inode})) - {ctd.ctd.daemon.pid}
+    assert not others, f"processes left in the node namespace: {others}"
+    log("after teardown, infrastructure kept in the node: " + ", ".join(
+        r for r in after["iptables"] if r not in ctd.baseline["iptables"] and r.startswith(":")))

@@ -1,0 +1,413 @@
+"""The bridge plugin's verbs (SPEC.md "Section 2: Execution Protocol" - ADD, DEL, CHECK, STATUS, GC).
+
+Orchestration only: kernel work is in `links`, firewall work in `masquerade`, IPAM in
+`ipam_delegate`. ADD keeps a rollback stack: "if a later step fails, the plugin must undo what
+it did" (SPEC.md "Section 4: Plugin Delegation" for IPAM: DEL the allocation before returning the
+error) - every step that creates something pushes its undo, and any failure runs them in reverse.
+
+Naming: the host veth is `veth` + 8 hex digits of a hash of (container ID, ifname), and carries
+the alias `pycni:<network id>:<attachment key>:...`, so DEL and GC find it without the netns
+(containerd sends a DEL with an empty CNI_NETNS, SPEC.md "DEL").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+
+from ..spec.errors import (
+    CHECK_FAILED,
+    DELEGATE_FAILED,
+    INVALID_CONFIG,
+    INVALID_ENV,
+    KERNEL,
+    STATUS_NOT_AVAILABLE,
+    CNIError,
+)
+from ..spec.request import Request
+from ..spec.result import Interface, Result, Route
+from . import ipam_delegate, masquerade
+from .config import BridgeConf
+
+Config = BridgeConf
+# CONVENTIONS.md "CNI_ARGS": IP is for the IPAM plugin (passed through), MAC is ours.
+KNOWN_ARGS = frozenset({"IP", "MAC"})
+GC_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")  # SPEC.md "GC" (+ libcni's older key)
+
+log = logging.getLogger("pycni.bridge")
+
+
+def host_veth_name(container_id: str, ifname: str) -> str:
+    return "veth" + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:8]
+
+
+def attachment(req: Request) -> masquerade.Attachment:
+    return masquerade.Attachment(req.conf.name, req.container_id, req.ifname)
+
+
+def alias_prefix(network: str) -> str:
+    return f"pycni:{masquerade.network_id(network)}:"
+
+
+def veth_alias(att: masquerade.Attachment) -> str:
+    return f"{alias_prefix(att.network)}{att.key}:{att.network}:{att.ifname}:{att.container_id}"[:255]
+
+
+class Rollback:
+    """Undo steps, run in reverse order when ADD fails; an undo that fails is logged, not raised."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, object]] = []
+
+    def push(self, what: str, func) -> None:
+        self.steps.append((what, func))
+
+    def run(self) -> None:
+        for what, func in reversed(self.steps):
+            try:
+                func()  # type: ignore[operator]
+            except Exception as exc:  # noqa: BLE001 - keep undoing the rest
+                log.warning("rollback of %s failed: %s", what, exc)
+        self.steps.clear()
+
+
+# -- ADD ------------------------------------------------------------------------------------------
+
+
+def add(req: Request) -> Result:
+    """SPEC.md "ADD": bridge, veth pair (peer created in the pod netns), IPAM, gateway, masquerade."""
+    from . import links
+
+    conf: BridgeConf = req.conf
+    undo = Rollback()
+    try:
+        pod = links.Pod(req.netns)
+    except links.NetnsGone:
+        raise CNIError(INVALID_ENV, "CNI_NETNS does not exist", req.netns) from None
+    try:
+        ours = _plumb(req, conf, pod, undo)
+        if conf.ipam_type:
+            ipam = ipam_delegate.add(req)
+            undo.push("IPAM allocation", lambda: ipam_delegate.delete(_as_verb(req, "DEL")))
+            _layer3(req, conf, pod, ours, ipam, undo)
+        elif not conf.disableContainerInterface:
+            with pod:
+                links.pod_configure(pod, req.ifname, [], [], up=True, nodad=True)
+        _refresh_macs(ours, conf, links)
+        if conf.dns is not None and conf.dns.to_dict():  # reference: the config's dns wins over IPAM's
+            ours.dns = conf.dns
+        return _chain(conf, ours)
+    except BaseException:
+        undo.run()
+        raise
+    finally:
+        pod.close()
+
+
+def _plumb(req: Request, conf: BridgeConf, pod, undo: Rollback) -> Result:
+    """Bridge + veth + port options + spoof check; returns the L2 result [bridge, veth, ifname]."""
+    from . import links
+
+    att = attachment(req)
+    mac = conf.container_mac(req.cni_args.get("MAC"))
+    bridge = links.ensure_bridge(conf.bridge, conf.mtu, conf.promiscMode, conf.vlan_filtering)
+    host_name = host_veth_name(req.container_id, req.ifname)
+    host = links.create_veth(pod, host_name, req.ifname, bridge, conf.mtu, mac, veth_alias(att))
+    undo.push(f"veth {host_name}", lambda: links.delete_link(host_name))
+    links.configure_port(host, conf.hairpinMode, conf.portIsolation)
+    links.configure_vlans(host, conf.vlan, conf.trunk_vlans(), conf.preserveDefaultVlan)
+    with pod:
+        container = links.get_link(req.ifname, pod.ipr)
+    if container is None:
+        raise CNIError(KERNEL, f"{req.ifname!r} vanished from {req.netns}")
+    if conf.macspoofchk:
+        masquerade.spoofcheck_setup(att, host_name, container.mac)
+        undo.push("MAC spoof check", lambda: masquerade.spoofcheck_teardown(att))
+    mtu = conf.mtu or None
+    return Result(interfaces=[
+        Interface(name=bridge.name, mac=bridge.mac),
+        Interface(name=host.name, mac=host.mac, mtu=mtu),
+        Interface(name=req.ifname, mac=container.mac, mtu=mtu, sandbox=req.netns),
+    ])
+
+
+def _layer3(req: Request, conf: BridgeConf, pod, ours: Result, ipam: Result, undo: Rollback) -> None:
+    """Addresses and routes from IPAM in the pod, gateway on the bridge, forwarding, masquerade."""
+    from . import links
+
+    if not ipam.ips:
+        raise CNIError(DELEGATE_FAILED, "IPAM plugin returned no IP configuration")
+    ours.ips, ours.routes, ours.dns = ipam.ips, list(ipam.routes), ipam.dns
+    gateways = plan_gateways(ours, conf, container_index=2)
+    has_v6 = any(ip.family == 6 for ip in ours.ips)
+    with pod:
+        links.pod_sysctls(req.ifname, conf.enabledad, has_v6)
+        links.pod_configure(pod, req.ifname, [ip.address for ip in ours.ips], container_routes(ours),
+                            up=True, nodad=not conf.enabledad)
+    if gateways:
+        target = _gateway_link(conf, ours, links)
+        for gw in gateways:
+            links.ensure_address(target, str(gw), conf.forceAddress)
+        links.pin_mac(links.get_link(target.name) or target)
+        for version in sorted({gw.version for gw in gateways}):
+            links.enable_forwarding(version)
+    if conf.ipMasq:
+        att = attachment(req)
+        masquerade.pick(conf.ipMasqBackend).setup(att, [ipaddress.ip_interface(ip.address) for ip in ours.ips])
+        undo.push("masquerade", lambda: masquerade.teardown(att, conf.ipMasqBackend))
+
+
+def _gateway_link(conf: BridgeConf, ours: Result, links):
+    """The bridge, or with `vlan` the reference's VLAN gateway `<bridge>.<vlan>` (added to the result)."""
+    bridge = links.get_link(conf.bridge)
+    if bridge is None:
+        raise CNIError(KERNEL, f"bridge {conf.bridge!r} vanished")
+    if not conf.vlan:
+        return bridge
+    peer = host_veth_name(conf.bridge, str(conf.vlan))
+    link = links.ensure_vlan_gateway(bridge, conf.vlan_gateway_name, peer, conf.vlan, conf.preserveDefaultVlan)
+    ours.interfaces.append(Interface(name=link.name, mac=link.mac))
+    return link
+
+
+def plan_gateways(result: Result, conf: BridgeConf, container_index: int) -> list:
+    """Reference `calcGateways`: every IP belongs to the container interface; with isGateway a
+    missing gateway is the subnet's first address; with isDefaultGateway a default route per family
+    unless IPAM already gave one. Returns the gateway interfaces to put on the bridge."""
+    gateways = []
+    default_done: set[int] = set()
+    for ip in result.ips:
+        ip.interface = container_index
+        iface = ipaddress.ip_interface(ip.address)
+        if ip.gateway is None and conf.isGateway:
+            ip.gateway = str(iface.network.network_address + 1)
+        if conf.isDefaultGateway and iface.version not in default_done:
+            default = "0.0.0.0/0" if iface.version == 4 else "::/0"
+            if not any(r.dst == default and r.gw for r in result.routes):
+                result.routes.append(Route(dst=default, gw=ip.gateway))
+            default_done.add(iface.version)
+        if conf.isGateway:
+            gw = ipaddress.ip_interface(f"{ip.gateway}/{iface.network.prefixlen}")
+            if gw not in gateways:
+                gateways.append(gw)
+    return gateways
+
+
+def container_routes(result: Result) -> list[dict]:
+    """Reference `ConfigureIface`: a route without gw goes via the first gateway of its family."""
+    first_gw: dict[int, str] = {}
+    for ip in result.ips:
+        if ip.gateway and ip.family not in first_gw:
+            first_gw[ip.family] = ip.gateway
+    out = []
+    for r in result.routes:
+        route = r.model_dump()
+        route["gw"] = r.gw or first_gw.get(r.family)
+        out.append(route)
+    return out
+
+
+def _refresh_macs(ours: Result, conf: BridgeConf, links) -> None:
+    """The bridge's MAC may have changed when the port or the address was added: report it now."""
+    for iface in ours.interfaces[:2]:
+        link = links.get_link(iface.name)
+        if link is not None:
+            iface.mac = link.mac
+
+
+def _chain(conf: BridgeConf, ours: Result) -> Result:
+    """SPEC.md "Chained Plugins": keep what a previous plugin reported, append ours after it."""
+    prev = conf.prev_result()
+    if prev is None:
+        return ours
+    offset = len(prev.interfaces)
+    for ip in ours.ips:
+        if ip.interface is not None:
+            ip.interface += offset
+    dns = ours.dns if ours.dns.to_dict() else prev.dns
+    return Result(interfaces=prev.interfaces + ours.interfaces, ips=prev.ips + ours.ips,
+                  routes=prev.routes + ours.routes, dns=dns)
+
+
+def _as_verb(req: Request, verb: str) -> Request:
+    import dataclasses
+
+    return dataclasses.replace(req, env=dataclasses.replace(req.env, command=verb))
+
+
+# -- DEL ------------------------------------------------------------------------------------------
+
+
+def delete(req: Request) -> None:
+    """SPEC.md "DEL": best effort and idempotent, with or without CNI_NETNS (which is not needed:
+    the host veth is found by name; deleting it deletes its pod peer). Every step runs; the first
+    error is raised at the end."""
+    conf: BridgeConf = req.conf
+    att = attachment(req)
+    errors: list[CNIError] = []
+    _collect(errors, lambda: _delete_veth(att, host_veth_name(req.container_id, req.ifname)))
+    if conf.ipam_type:
+        _collect(errors, lambda: ipam_delegate.delete(req))
+    if conf.ipMasq:
+        errors += masquerade.teardown(att, conf.ipMasqBackend)
+    if conf.macspoofchk:
+        _collect(errors, lambda: masquerade.spoofcheck_teardown(att))
+    if errors:
+        raise errors[0]
+
+
+def _delete_veth(att: masquerade.Attachment, name: str) -> None:
+    from . import links
+
+    if name not in links.host_link_names():
+        return  # gone with its netns, or never created: nothing to import pyroute2 for
+    link = links.get_link(name)
+    if link is not None and link.alias.startswith(alias_prefix(att.network) + att.key):
+        links.delete_link(name)
+    elif link is not None:
+        log.warning("not deleting %s: its alias %r is not this attachment's", name, link.alias)
+
+
+def _collect(errors: list[CNIError], func) -> None:
+    try:
+        func()
+    except CNIError as err:
+        errors.append(err)
+
+
+# -- CHECK ----------------------------------------------------------------------------------------
+
+
+def check(req: Request) -> None:
+    """SPEC.md "CHECK": compare the node and the pod with prevResult; IPAM CHECK first."""
+    from . import links
+
+    conf: BridgeConf = req.conf
+    prev = conf.prev_result()
+    if prev is None:
+        raise CNIError(INVALID_CONFIG, "prevResult is required for CHECK")
+    if conf.ipam_type:
+        ipam_delegate.check(req)
+    bridge_if = next((i for i in prev.interfaces if i.name == conf.bridge and not i.sandbox), None)
+    cont_if = next((i for i in prev.interfaces if i.name == req.ifname and i.sandbox), None)
+    if bridge_if is None or cont_if is None:
+        raise CNIError(CHECK_FAILED, "prevResult lacks the bridge or the container interface")
+    if cont_if.sandbox != req.netns:
+        raise CNIError(CHECK_FAILED, "sandbox in prevResult does not match CNI_NETNS", cont_if.sandbox)
+    bridge = _expect(links.get_link(conf.bridge), bridge_if, "bridge", conf.bridge)
+    if bridge.promisc != conf.promiscMode:
+        raise CNIError(CHECK_FAILED, f"promiscuous mode of {conf.bridge!r} is {bridge.promisc}")
+    try:
+        pod = links.Pod(req.netns)
+    except links.NetnsGone:
+        raise CNIError(CHECK_FAILED, "CNI_NETNS does not exist", req.netns) from None
+    try:
+        with pod:
+            container = _expect(links.get_link(req.ifname, pod.ipr), cont_if, "veth", req.ifname)
+            _check_ips_routes(pod, container, prev, prev.interfaces.index(cont_if), links)
+    finally:
+        pod.close()
+    host = _expect(links.get_link(host_veth_name(req.container_id, req.ifname)), None, "veth", "host veth")
+    wanted = next((i for i in prev.interfaces if i.name == host.name), None)
+    if wanted is None or (wanted.mac and wanted.mac != host.mac):
+        raise CNIError(CHECK_FAILED, f"host veth {host.name!r} is not the one in prevResult")
+    if host.master != bridge.index or host.peer_index != container.index or container.peer_index != host.index:
+        raise CNIError(CHECK_FAILED, f"{host.name!r} is not the peer of {req.ifname!r} on {conf.bridge!r}")
+
+
+def _expect(link, iface: Interface | None, kind: str, what: str):
+    if link is None:
+        raise CNIError(CHECK_FAILED, f"{what!r} not found")
+    if link.kind != kind:
+        raise CNIError(CHECK_FAILED, f"{what!r} is a {link.kind or 'device'}, not a {kind}")
+    if iface is not None and iface.mac and iface.mac.lower() != link.mac.lower():
+        raise CNIError(CHECK_FAILED, f"MAC of {what!r} is {link.mac}, prevResult says {iface.mac}")
+    return link
+
+
+def _check_ips_routes(pod, container, prev: Result, index: int, links) -> None:
+    have = {str(ipaddress.ip_interface(a.address)) for a in links.addresses(container.index, pod.ipr)}
+    for ip in prev.ips:
+        if ip.interface == index and ip.address not in have:
+            raise CNIError(CHECK_FAILED, f"address {ip.address} not found on {container.name!r}")
+    present = links.routes(pod.ipr)
+    for r in prev.routes:
+        gw = r.gw
+        if not any(p.dst == r.dst and (gw is None or p.gw == gw) for p in present):
+            raise CNIError(CHECK_FAILED, f"route {r.dst}{' via ' + gw if gw else ''} not found in the pod")
+
+
+# -- STATUS / GC ----------------------------------------------------------------------------------
+
+
+def status(req: Request) -> None:
+    """SPEC.md "STATUS": ready when rtnetlink answers, we may create links, the bridge name is free
+    or a bridge, the masquerade backend exists; IPAM STATUS is forwarded. pyroute2 is not imported."""
+    from . import links
+
+    conf: BridgeConf = req.conf
+    try:
+        kind = links.link_kind_raw(conf.bridge)
+    except CNIError as err:
+        raise CNIError(STATUS_NOT_AVAILABLE, err.msg, err.details) from None
+    if kind not in (None, "bridge"):
+        raise CNIError(STATUS_NOT_AVAILABLE, f"{conf.bridge!r} exists and is not a bridge", f"kind {kind!r}")
+    if kind is None and not links.can_admin_network():
+        raise CNIError(STATUS_NOT_AVAILABLE, f"cannot create bridge {conf.bridge!r}: no CAP_NET_ADMIN")
+    if conf.ipMasq:
+        try:
+            masquerade.pick(conf.ipMasqBackend)
+        except CNIError as err:
+            raise CNIError(STATUS_NOT_AVAILABLE, err.msg, err.details) from None
+    if conf.ipam_type:
+        ipam_delegate.status(req)
+
+
+def gc(req: Request) -> None:
+    """SPEC.md "GC": remove host veths, masquerade/spoof-check entries and (via IPAM GC) leases of
+    every attachment of this network not in `cni.dev/valid-attachments`; go on past errors."""
+    from . import links
+
+    conf: BridgeConf = req.conf
+    valid = valid_attachments(req.raw)
+    keys = {masquerade.Attachment(conf.name, cid, ifname).key for cid, ifname in valid}
+    errors: list[CNIError] = []
+    prefix = alias_prefix(conf.name)
+    try:
+        stale = [link for link in links.links_with_alias_prefix(prefix)
+                 if link.alias[len(prefix):].split(":", 1)[0] not in keys]
+    except CNIError as err:
+        errors.append(err)
+        stale = []
+    for link in stale:
+        _collect(errors, lambda name=link.name: links.delete_link(name))
+    errors += masquerade.gc(conf.name, valid)
+    _collect(errors, lambda: masquerade.spoofcheck_gc(conf.name, valid))
+    if conf.ipam_type:
+        _collect(errors, lambda: ipam_delegate.gc(req))
+    if errors:
+        raise CNIError(errors[0].code, errors[0].msg,
+                       "; ".join(f"{e.msg}: {e.details}" for e in errors)[:1000])
+
+
+def valid_attachments(raw: dict) -> list[tuple[str, str]]:
+    for key in GC_KEYS:
+        if key in raw:
+            items = raw[key]
+            break
+    else:
+        raise CNIError(INVALID_CONFIG, "GC needs cni.dev/valid-attachments",
+                       "without it every attachment of the network would be removed")
+    if items is None:
+        items = []
+    if not isinstance(items, list):
+        raise CNIError(INVALID_CONFIG, f"{key} must be a list")
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str) \
+                or not isinstance(item.get("ifname"), str):
+            raise CNIError(INVALID_CONFIG, f"invalid entry in {key}", repr(item)[:200])
+        out.append((item["containerID"], item["ifname"]))
+    return out
+
