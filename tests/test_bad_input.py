@@ -12,12 +12,11 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
-
 from conftest import PluginRun, exec_plugin, plugin_exe
 
 HL = "pycni-host-local"
@@ -173,7 +172,7 @@ def run_plugin(command: str, stdin: bytes, unset=(), **kw) -> PluginRun:
            "CNI_IFNAME": "eth0", "CNI_NETNS": kw.get("netns", "/var/run/netns/x"), "CNI_PATH": "/usr/lib/cni"}
     for name in unset:
         env.pop(name)
-    proc = subprocess.run([plugin_exe(HL)], input=stdin, env=env, capture_output=True, timeout=60)
+    proc = subprocess.run([plugin_exe(HL)], input=stdin, env=env, capture_output=True, timeout=60, check=False)
     return PluginRun(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
 

@@ -13,7 +13,19 @@ import subprocess
 
 import pytest
 from conftest import REFERENCE_DIR, in_ns
-from test_bridge_support import CNI_PATH, ROOT, Env, needs_root, start_tcp_server, stop, tcp_get, veth_of
+from test_bridge_support import (
+    CNI_PATH,
+    ROOT,
+    Env,
+    bridge_run_dir_cleanup,
+    needs_root,
+    start_tcp_server,
+    stop,
+    tcp_get,
+    veth_of,
+)
+
+__all__ = ["bridge_run_dir_cleanup"]  # a session fixture, imported to register it
 
 pytestmark = [needs_root, pytest.mark.root, pytest.mark.reference]
 

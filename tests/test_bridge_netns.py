@@ -7,7 +7,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from test_bridge_support import Env, ips_of, needs_root, start_tcp_server, stop, tcp_get, veth_of
+from test_bridge_support import (
+    Env,
+    bridge_run_dir_cleanup,
+    ips_of,
+    needs_root,
+    start_tcp_server,
+    stop,
+    tcp_get,
+    veth_of,
+)
+
+__all__ = ["bridge_run_dir_cleanup"]  # a session fixture, imported to register it
 
 pytestmark = [needs_root, pytest.mark.root]
 

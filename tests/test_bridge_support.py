@@ -188,3 +188,16 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, 9)
             proc.wait()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bridge_run_dir_cleanup():
+    """The plugin keeps its firewall lock in /run/pycni: remove it afterwards if the tests made it."""
+    import shutil
+
+    from pycni.bridge.masquerade import LOCK_DIR
+
+    existed = os.path.exists(LOCK_DIR)
+    yield
+    if not existed:
+        shutil.rmtree(LOCK_DIR, ignore_errors=True)

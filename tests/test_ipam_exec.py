@@ -17,7 +17,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import exec_plugin
 
 HL = "pycni-host-local"
@@ -79,10 +78,10 @@ def addresses(result: dict) -> list[str]:
     return [ip["address"] for ip in result["ips"]]
 
 
-DUAL = dict(
-    ranges=[[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00:1::/64"}]],
-    routes=[{"dst": "0.0.0.0/0", "gw": "10.1.0.1"}, {"dst": "::/0"}],
-)
+DUAL = {
+    "ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00:1::/64"}]],
+    "routes": [{"dst": "0.0.0.0/0", "gw": "10.1.0.1"}, {"dst": "::/0"}],
+}
 
 
 def expected_dual(version: str) -> dict:
@@ -436,7 +435,7 @@ def test_gc_without_list_is_refused(tmp_path):
 
 def test_gc_without_store_creates_nothing(tmp_path):
     data_dir = tmp_path / "ipam"
-    conf = netconf(data_dir, "1.1.0", **{})
+    conf = netconf(data_dir, "1.1.0")
     conf["cni.dev/valid-attachments"] = []
     ok(run("GC", conf, container_id=None, ifname=None), empty=True)
     assert not data_dir.exists()

@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from conftest import REFERENCE_DIR, exec_plugin
 
 REF = "host-local"
@@ -181,7 +180,7 @@ def test_sequences_allocate_what_we_expect(sequences):
                              "10.2.0.2": b"c\r\neth0", "10.2.0.3": b"d\r\neth0"}
         assert snapshot(d)["last_reserved_ip.0"][0] == b"10.1.0.253"
     records, _, _ = sequences[("requested-ip", "0.4.0")]
-    (_, ref_a, ours_a), (_, ref_b, ours_b) = records[:2]
+    (_, _, ours_a), (_, _, ours_b) = records[:2]
     assert [ip["address"] for ip in ours_a.json["ips"]] == ["10.1.0.50/24", "fd00:1::2/64"]
     assert [ip["version"] for ip in ours_a.json["ips"]] == ["4", "6"]
     assert [ip["address"] for ip in ours_b.json["ips"]] == ["10.1.0.51/24", "fd00:1::3/64"]  # after the cursor

@@ -4,14 +4,16 @@ The plugin under test is a parameter: PYCNI_RUNTIMES_PLUGIN=pycni (default: `pyc
 installed with `make install` into a scratch CNI bin dir) or =reference (Debian's `bridge` + `host-local`,
 to debug the harness itself). loopback and portmap always come from Debian's /usr/lib/cni.
 
-Everything lives under one scratch directory (/tmp/pycnirt-*), inside node network namespaces created
-here; the session fixture removes it all, and rt_node's atexit safety net does too if pytest dies.
-Logs of the last run are copied to build/runtimes-logs/.
+Everything lives under one scratch directory (/tmp/pycnirt-*), in node network namespaces created here,
+and is recorded in the scratch dir's ledger. Removal is layered: fixture finalizers (CRI RemovePodSandbox,
+`podman rm -f`, daemons stopped by PID, namespaces deleted), then the session's sweep (processes left in
+our namespaces, mounts under the scratch dir, shim sockets, cgroups); an atexit hook runs the same if
+pytest exits early, SIGTERM is turned into KeyboardInterrupt so finalizers run, and a run killed with
+SIGKILL is reaped by the next one (`reap_stale`). Logs of the last run are copied to build/runtimes-logs/.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -149,6 +151,8 @@ def rt_session():
     cgroup_parent = f"/pycnirt-{uuid.uuid4().hex[:6]}"
     ledger_add(scratch, "pid", str(os.getpid()))
     ledger_add(scratch, "cgroup", cgroup_parent)
+    for d in run_dirs:
+        ledger_add(scratch, "rundir", str(d))
     session = Session(scratch=scratch, plugin=PLUGIN, bin_dir=Path(),
                       cgroup_parent=cgroup_parent, nodes=[])
 
@@ -157,9 +161,6 @@ def rt_session():
         for item in leftovers:
             log(f"swept leftover: {item}")
         _copy_logs(scratch)
-        for d in run_dirs:
-            with contextlib.suppress(OSError):
-                d.rmdir()
         if not mounts_under(str(scratch)):
             subprocess.run(["rm", "-rf", "--one-file-system", str(scratch)], capture_output=True, check=False)
         else:

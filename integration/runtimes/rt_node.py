@@ -10,8 +10,10 @@ Everything a runtime test creates is registered here the moment it exists:
 - `Cleanup`: a LIFO list of undo actions run by fixture finalizers and, as a safety net, at interpreter
   exit. `sweep()` then removes what the runtimes themselves left behind: processes living in one of our
   namespaces (shims, conmon, pod processes: nothing else can be in a namespace we created), mounts under
-  our scratch directory, network namespaces that appeared in /run/netns while we ran, cgroups under the
-  cgroup parent we gave the runtimes.
+  our scratch directory, the namespaces and cgroups recorded in the scratch dir's ledger, shim sockets.
+- `reap_stale()`: the same for the scratch dir of an earlier run whose pytest was SIGKILLed.
+Namespaces are told apart by (device, inode) of their nsfs file, read when needed, never remembered:
+the kernel recycles namespace inode numbers.
 """
 
 from __future__ import annotations
@@ -318,6 +320,9 @@ def sweep(scratch: str) -> list[str]:
     for kind, value in read_ledger(scratch):
         if kind == "cgroup":
             remove_cgroup(value)
+        elif kind == "rundir":  # a directory a runtime made outside scratch, removed once empty
+            with contextlib.suppress(OSError):
+                Path(value).rmdir()
     return leftovers
 
 

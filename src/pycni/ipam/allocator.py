@@ -6,10 +6,10 @@ Rules (those of the reference host-local, plus the store policy of docs/ipam-sto
   * a requested address must fall in a range set, must not be that range's gateway, must be free,
     and every requested address must be used, else nothing is allocated;
   * otherwise addresses are handed out round-robin from the last reserved one;
-  * the checks that need no write (duplicate attachment, requested addresses) come before any write, so
-    such a failure writes nothing (beyond reclaiming empty lease files); a later failure (a taken requested address, a full
-    range set) releases what this call reserved - only the round-robin cursor stays advanced, as in
-    the reference.
+  * the checks that need no write (duplicate attachment, requested addresses) come before any write,
+    so such a failure writes nothing (beyond reclaiming empty lease files); a later failure (a taken
+    requested address, a full range set) releases what this call reserved - only the round-robin
+    cursor stays advanced, as in the reference.
 The caller holds the store lock for the whole call.
 """
 
