@@ -148,6 +148,7 @@ CASES: dict[str, Case] = {
     "two-requested-ips-in-one-set": Case(103, top(runtimeConfig={"ips": ["10.1.0.7", "10.1.0.8"]})),
     "duplicate-attachment": Case(103, good, env={"container_id": OWNER}),
     "requested-ip-garbage": Case(7, top(runtimeConfig={"ips": ["not-an-ip"]})),
+    "requested-ip-garbage-via-CNI_ARGS": Case(4, good, env={"args": "IP=not-an-ip"}),
     # -- ipam shape (7) --
     "missing-ipam": Case(7, lambda d: dumps(without(conf(d), "ipam"))),
     "ipam-null": Case(7, top(ipam=None)),
@@ -226,4 +227,16 @@ def test_bad_input(name, template, tmp_path, monkeypatch):
     assert doc["code"] == case.code, doc
     assert isinstance(doc["msg"], str) and doc["msg"], doc
     assert doc["cniVersion"] in SUPPORTED, doc
+    sent = _sent_version(case.stdin(data_dir))
+    if sent in SUPPORTED:  # SPEC.md "Error": the error speaks the configuration's version
+        assert doc["cniVersion"] == sent, doc
     assert snapshot(work) == before
+
+
+def _sent_version(stdin: bytes) -> str | None:
+    if len(stdin) > 1 << 20:  # not even looked at by the plugin
+        return None
+    try:
+        return json.loads(stdin).get("cniVersion")
+    except Exception:
+        return None

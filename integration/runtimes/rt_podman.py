@@ -28,6 +28,8 @@ events_logger = "file"
 events_logfile_path = "{scratch}/events.log"
 runtime = "runc"
 tmp_dir = "{scratch}/tmp"
+# file locks live in tmp_dir/locks; the default "shm" leaves /dev/shm/libpod_lock behind
+lock_type = "file"
 
 [containers]
 # this machine lacks CAP_SYS_RESOURCE: podman's default nofile/nproc (1048576) make runc's setrlimit fail

@@ -14,6 +14,7 @@ import itertools
 import json
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,24 @@ def test_containerd_restart_keeps_pods_and_new_pods_work(ctd, pods):
     code, out, err = ctd.cri.exec_sync(pods[1].containers[0], ["/bin/ping", "-c1", "-W2", new.ip]) \
         if pods[1].containers else (0, "", "")
     assert code == 0, out + err
+
+
+def test_parallel_pods_get_distinct_addresses(ctd, pods):
+    """kubelet starts and stops pods concurrently: ADDs and DELs race on the store and the bridge."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        burst = list(pool.map(lambda n: ctd.cri.run_pod(f"burst{n}", ctd.dir / "logs", ctd.cgroup_parent),
+                              range(4)))
+    ctd.pods.extend(burst)
+    ips = [p.ip for p in pods]
+    assert all(ips) and len(set(ips)) == len(ips), ips
+    for pod in burst:
+        assert ping(pod.netns, pods[0].ip)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(ctd.cri.stop_and_remove, burst))
+    for pod in burst:
+        pods.remove(pod)
+        ctd.removed_ids.append(pod.id)
+        assert not (ctd.data_dir / NETWORK / pod.ip).exists(), f"lease of {pod.name} ({pod.ip}) left"
 
 
 def test_stop_and_remove_leave_nothing_behind(ctd, pods):

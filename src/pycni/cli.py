@@ -24,6 +24,8 @@ _VERB_FUNCS = {"ADD": "add", "DEL": "delete", "CHECK": "check", "STATUS": "statu
 
 
 def _best_effort_version(stdin: bytes) -> str | None:
+    if len(stdin) > cnienv.MAX_CONFIG_BYTES:
+        return None
     try:
         value = json.loads(stdin).get("cniVersion")
     except Exception:
@@ -33,18 +35,19 @@ def _best_effort_version(stdin: bytes) -> str | None:
 
 def run(plugin: str, environ: dict[str, str], stdin: bytes) -> tuple[int, str]:
     """Execute one CNI request. Returns (exit status, text for stdout)."""
-    error_version = versions.LATEST
+    # Errors are printed in the configuration's version when it is one we speak (SPEC.md "Error").
+    guessed = _best_effort_version(stdin)
+    error_version = guessed if guessed in versions.SUPPORTED_VERSIONS else versions.LATEST
     try:
         env = cnienv.read_environment(environ)
         if env.command == "VERSION":
             # SPEC.md "VERSION": stdin carries {"cniVersion": ...}; answer even if it is garbage.
-            return 0, json.dumps(versions.version_info(_best_effort_version(stdin)))
+            return 0, json.dumps(versions.version_info(guessed))
         from .spec import config as netconf
 
         data = netconf.decode(stdin)
         version = netconf.version_of(data)
         versions.require_supported(version, env.command)
-        error_version = version
         cnienv.validate_network_name(data.get("name"))
         module = import_module(PLUGINS[plugin])
         conf = netconf.load(module.Config, data)

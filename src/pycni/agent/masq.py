@@ -94,6 +94,7 @@ class NftBackend:
 
     def __init__(self) -> None:
         self.applied: str | None = None  # `nft -s list table` right after our last apply
+        self._spec: MasqSpec | None = None
 
     @staticmethod
     def available() -> bool:
@@ -112,8 +113,6 @@ class NftBackend:
             raise MasqError(f"nft -f failed: {(proc.stderr or proc.stdout).strip()[:500]}")
         self.applied, self._spec = self._listing(), spec
         return True
-
-    _spec: MasqSpec | None = None
 
     def remove(self) -> None:
         _run(["nft", "delete", "table", "inet", TABLE])
@@ -220,7 +219,7 @@ class NoBackend:
     def available() -> bool:
         return True
 
-    def ensure(self, spec: MasqSpec) -> bool:  # noqa: ARG002
+    def ensure(self, spec: MasqSpec) -> bool:
         return False
 
     def remove(self) -> None:

@@ -139,7 +139,7 @@ class FileSource:
         except OSError as exc:
             raise NodeSourceError(f"cannot read nodes file {self.path}: {exc}") from None
 
-    def wait(self, version: str, timeout: float, stop) -> None:  # noqa: ARG002 - same shape as KubeSource
+    def wait(self, version: str, timeout: float, stop) -> None:
         stop.wait(timeout)
 
 

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from ..spec.config import Model, NetConf
 from ..spec.env import CniArgs, valid_name
-from ..spec.errors import INVALID_CONFIG, CNIError
+from ..spec.errors import INVALID_CONFIG, INVALID_ENV, CNIError
 from ..spec.result import Route
 from .ranges import IPAddress, Range, RangeSet, parse_ip
 
@@ -93,7 +93,12 @@ def _requested(conf: Config, cni_args: CniArgs) -> list[IPAddress]:
         sources.append(("CNI_ARGS IP", env_ips.split(",")))
     for where, values in sources:
         for value in values:
-            ip = parse_ip(value, where)
+            try:
+                ip = parse_ip(value, where)
+            except CNIError as err:
+                if where.startswith("CNI_ARGS"):  # a bad CNI_ARGS value is a bad environment (code 4)
+                    err.code = INVALID_ENV
+                raise
             if ip not in out:
                 out.append(ip)
     return out
