@@ -58,7 +58,7 @@ uninstall:
 
 # The test suite (root tests create their own network namespaces and skip without root).
 test: deps venv build
-	$(VPY) -m pytest -q $(PYTEST_ARGS) tests
+	$(VPY) -m pytest -q $(PYTEST_ARGS) tests integration/runtimes
 
 test-unit: venv
 	$(VPY) -m pytest -q tests/test_spec_unit.py

@@ -32,8 +32,6 @@ class Cluster:
         self.tmp = tmp
         self.n1, self.n2 = netns.create("pycnit-agent"), netns.create("pycnit-agent")
         self.netns = netns
-        for ns, peer, addr in ((self.n1, "e1", N1), (self.n2, "e2", N2)):
-            pass
         subprocess.run(["ip", "-n", self.n1, "link", "add", "e1", "type", "veth", "peer", "name", "e2", "netns",
                         self.n2], check=True)
         for ns, dev, addr in ((self.n1, "e1", N1), (self.n2, "e2", N2)):
@@ -55,7 +53,7 @@ class Cluster:
                 "--ipam-data-dir", str(self.tmp / node / "ipam"), *extra]
 
     def once(self, node: str, *extra: str) -> dict:
-        proc = subprocess.run(self.agent_argv(node, "--once", *extra), capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(self.agent_argv(node, "--once", *extra), capture_output=True, text=True, timeout=60, check=False)
         assert proc.stdout, proc.stderr
         status = json.loads(proc.stdout)
         status["rc"] = proc.returncode
@@ -99,7 +97,7 @@ def test_once_routes_conflist_nft(cluster):
     in_ns(cluster.n1, "nft", "delete", "table", "inet", "pycni-agent")
     cluster.once("n1")
     assert in_ns(cluster.n1, "nft", "list", "table", "inet", "pycni-agent", check=False).returncode == 0
-    proc = subprocess.run(cluster.agent_argv("n1", "--cleanup"), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(cluster.agent_argv("n1", "--cleanup"), capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert cluster.routes(cluster.n1) == []
     assert in_ns(cluster.n1, "nft", "list", "table", "inet", "pycni-agent", check=False).returncode != 0
@@ -126,7 +124,7 @@ def test_iptables_backend_and_dual_stack(cluster):
     s2 = cluster.once("n1", "--masq-backend", "iptables", "--cluster-cidr", "fd46::/56")
     assert in_ns(cluster.n1, "iptables", "-t", "nat", "-S").stdout.count("pycni-agent") == 1  # not duplicated
     assert s2["rc"] == 0
-    proc = subprocess.run(cluster.agent_argv("n1", "--cleanup"), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(cluster.agent_argv("n1", "--cleanup"), capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "PYCNI" not in in_ns(cluster.n1, "iptables", "-t", "nat", "-S").stdout
     assert "PYCNI" not in in_ns(cluster.n1, "ip6tables", "-t", "nat", "-S").stdout
@@ -139,7 +137,7 @@ def test_installs_the_bundle(cluster):
     assert s["rc"] == 0 and any(c.startswith("installed bundle") for c in s["changes"]), s
     bin_dir = cluster.dirs("n1")[0]
     out = subprocess.run([str(bin_dir / "pycni")], env={"CNI_COMMAND": "VERSION"}, input=b"{}",
-                         capture_output=True, timeout=30)
+                         capture_output=True, timeout=30, check=False)
     assert json.loads(out.stdout)["supportedVersions"], out
     s = cluster.once("n1", "--bundle-dir", str(BUNDLE))
     assert not any(c.startswith("installed") for c in s["changes"])
@@ -189,32 +187,17 @@ def test_pods_across_nodes_without_nat_and_masquerade_out(cluster):
     for node in ("n1", "n2"):
         assert cluster.once(node)["rc"] == 0
     pod1, ip1 = _add_pod(cluster, "n1", cluster.n1)
-    pod2, ip2 = _add_pod(cluster, "n2", cluster.n2)
+    _pod2, ip2 = _add_pod(cluster, "n2", cluster.n2)
     assert ip1.startswith("10.246.1.") and ip2.startswith("10.246.2.")
     before = _masq_packets(cluster.n1)
     r = in_ns(pod1, "ping", "-c", "2", "-W", "2", ip2, check=False)
     assert r.returncode == 0, r.stdout + r.stderr           # routed via the agent's host-gw routes
     assert _masq_packets(cluster.n1) == before              # pod -> pod: not masqueraded
-    # pod -> n2's node address (outside the cluster CIDR): masqueraded to n1's address, so n2 can answer
-    # even though it has no route back... it has one here, so check the counter and the source n2 sees
+    # pod -> n2's node address (outside the cluster CIDR): masqueraded to n1's address
     r = in_ns(pod1, "ping", "-c", "1", "-W", "2", N2, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     assert _masq_packets(cluster.n1) > before
-    conntrack = Path("/proc/net/nf_conntrack")
-    if conntrack.exists():  # best effort: the NAT entry in n1 shows the reply addressed to N1
-        out = in_ns(cluster.n1, "cat", str(conntrack), check=False).stdout
-        assert not out or f"dst={N1}" in out
+    conntrack = in_ns(cluster.n1, "cat", "/proc/net/nf_conntrack", check=False).stdout
+    if conntrack:  # where the kernel exposes it: the reply of the NATed flow is addressed to n1 itself
+        assert any(f"dst={N2}" in line and f"src={N2} dst={N1}" in line for line in conntrack.splitlines())
 
-
-def test_debug_tmp(cluster):
-    for node in ("n1", "n2"):
-        assert cluster.once(node)["rc"] == 0
-    pod1, ip1 = _add_pod(cluster, "n1", cluster.n1)
-    pod2, ip2 = _add_pod(cluster, "n2", cluster.n2)
-    in_ns(cluster.n1, "nft", "add", "rule", "inet", "pycni-agent", "postrouting", "ip", "saddr", "@pods4", "ip", "daddr", "!=", "@cluster4", "log", "prefix", "PYCNIDBG")
-    print(in_ns(cluster.n1, "nft", "list", "ruleset").stdout)
-    in_ns(pod1, "ping", "-c", "2", "-W", "2", ip2, check=False)
-    print(in_ns(cluster.n1, "nft", "list", "ruleset").stdout)
-    print(in_ns(cluster.n1, "cat", "/proc/net/nf_conntrack", check=False).stdout)
-    print(subprocess.run(["dmesg"], capture_output=True, text=True).stdout[-2000:])
-    assert 0

@@ -205,7 +205,8 @@ def test_masq_nft_render():
     text = masq.render_nft(masq.MasqSpec(("10.244.1.0/24", "fd10:1::/64"), ("10.244.0.0/16", "fd10::/56")))
     lines = text.splitlines()
     assert lines[1:4] == ["add table inet pycni-agent", "delete table inet pycni-agent", "table inet pycni-agent {"]
-    assert "elements = { 10.244.1.0/24 }" in text and "elements = { fd10::/56 }" in text
+    assert "elements = { 10.244.1.0/24 }" in text and "elements = { fd10::/56, ff00::/8 }" in text
+    assert "elements = { 10.244.0.0/16, 224.0.0.0/4, 255.255.255.255/32 }" in text
     assert "ip saddr @pods4 ip daddr != @cluster4 counter masquerade" in text
     assert "ip6 saddr @pods6 ip6 daddr != @cluster6 counter masquerade" in text
     assert "type nat hook postrouting priority srcnat" in text
@@ -216,7 +217,10 @@ def test_masq_nft_render():
 def test_masq_iptables_render():
     text = masq.render_iptables_chain(["10.244.0.0/16"])
     assert text.splitlines() == ["*nat", ":PYCNI-AGENT-MASQ - [0:0]", "-A PYCNI-AGENT-MASQ -d 10.244.0.0/16 -j RETURN",
+                                 "-A PYCNI-AGENT-MASQ -d 224.0.0.0/4 -j RETURN",
+                                 "-A PYCNI-AGENT-MASQ -d 255.255.255.255/32 -j RETURN",
                                  "-A PYCNI-AGENT-MASQ -j MASQUERADE", "COMMIT"]
+    assert "-d ff00::/8 -j RETURN" in masq.render_iptables_chain(["fd10::/56"], 6)
     assert masq.jump_rule("10.244.1.0/24") == ["-s", "10.244.1.0/24", "-m", "comment", "--comment", "pycni-agent",
                                               "-j", "PYCNI-AGENT-MASQ"]
     assert masq.backend("none").name == "none"

@@ -4,6 +4,7 @@ in-memory store)."""
 
 from __future__ import annotations
 
+import json
 import ipaddress
 
 import pytest
@@ -530,3 +531,14 @@ def test_collect_garbage():
     released = allocator.collect_garbage(store, {("a", "eth0"), ("old", "net9")})
     assert sorted(released) == [ip("10.1.0.3"), ip("10.1.0.5"), ip("10.1.0.6")]
     assert set(store.files) == {ip("10.1.0.2"), ip("10.1.0.4")}
+
+
+def test_version_probe_with_dummy_values_is_accepted():
+    """libcni's GetVersionInfo (used by podman) sends VERSION with every variable set to "dummy"."""
+    from pycni.cli import run
+
+    environ = {"CNI_COMMAND": "VERSION", "CNI_NETNS": "dummy", "CNI_IFNAME": "dummy", "CNI_PATH": "dummy",
+               "CNI_CONTAINERID": "dummy"}
+    status, out = run("pycni", environ, b'{"cniVersion": "1.0.0"}')
+    assert status == 0, out
+    assert json.loads(out)["supportedVersions"][-1] == "1.1.0"

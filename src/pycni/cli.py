@@ -3,27 +3,42 @@
 `run()` is the whole protocol as a pure function of (environment, stdin) -> (exit status, stdout
 text); `main_*` wire it to the process. Exactly one JSON document reaches stdout - the result, the
 VERSION answer or the error object - and only at the very end: anything else that tries to write
-to stdout during a verb is redirected to stderr. Heavy modules (pydantic, pyroute2) are imported
-only after VERSION has been answered and only by the verb that needs them.
+to stdout during a verb is redirected to stderr.
+
+Two ways to run a verb (docs/performance.md):
+  * warm: the exec'd plugin is a thin shim that hands (plugin, environment, stdin) to the pycni
+    daemon over a root-only unix socket (pycni.daemon) and prints what it answers - the daemon runs
+    the same `run()` with everything already imported;
+  * cold: when no daemon answers (or PYCNI_NO_DAEMON=1, or `"pycniDaemon": false` in the config),
+    the plugin runs `run()` itself.
+Either way the result is the same. This module imports only `os` and `sys` at load time: the shim
+path must stay cheap, and the heavy modules (pydantic, pyroute2) are imported only after VERSION
+has been answered and only by the verb that needs them.
+
+`pycni <subcommand> [args]` (any argument at all - a CNI runtime never passes one) runs a
+subcommand instead of a verb: see SUBCOMMANDS.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from importlib import import_module
-
-from .spec import env as cnienv
-from .spec import version as versions
-from .spec.errors import INTERNAL, CNIError
 
 # plugin name -> module with Config, KNOWN_ARGS and the verb functions add/delete/check/status/gc
 PLUGINS = {"pycni": "pycni.bridge.verbs", "pycni-host-local": "pycni.ipam.verbs"}
 _VERB_FUNCS = {"ADD": "add", "DEL": "delete", "CHECK": "check", "STATUS": "status", "GC": "gc"}
 
+# `pycni <name> ...` -> "module:function" taking the remaining argv and returning an exit status.
+SUBCOMMANDS = {"daemon": "pycni.daemon.server:main"}
+
+MAX_STDIN = 1 << 20  # spec.env.MAX_CONFIG_BYTES (a test keeps them equal; spec.env is not imported here)
+
 
 def _best_effort_version(stdin: bytes) -> str | None:
+    import json
+
+    from .spec import env as cnienv
+
     if len(stdin) > cnienv.MAX_CONFIG_BYTES:
         return None
     try:
@@ -33,16 +48,29 @@ def _best_effort_version(stdin: bytes) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def run(plugin: str, environ: dict[str, str], stdin: bytes) -> tuple[int, str]:
-    """Execute one CNI request. Returns (exit status, text for stdout)."""
+def run(plugin: str, environ: dict[str, str], stdin: bytes, stderr=None) -> tuple[int, str]:
+    """Execute one CNI request. Returns (exit status, text for stdout).
+
+    Logs of this request go to `stderr` (default: sys.stderr) and to the configured log file; in
+    the daemon every request has its own stream, which the shim prints on its own stderr.
+    """
+    import json
+
+    from .spec import env as cnienv
+    from .spec import version as versions
+    from .spec.errors import INTERNAL, CNIError
+
     # Errors are printed in the configuration's version when it is one we speak (SPEC.md "Error").
     guessed = _best_effort_version(stdin)
     error_version = guessed if guessed in versions.SUPPORTED_VERSIONS else versions.LATEST
+    logs = _RequestLog(sys.stderr if stderr is None else stderr, environ)
     try:
         env = cnienv.read_environment(environ)
         if env.command == "VERSION":
             # SPEC.md "VERSION": stdin carries {"cniVersion": ...}; answer even if it is garbage.
             return 0, json.dumps(versions.version_info(guessed))
+        from importlib import import_module
+
         from .spec import config as netconf
 
         data = netconf.decode(stdin)
@@ -51,11 +79,12 @@ def run(plugin: str, environ: dict[str, str], stdin: bytes) -> tuple[int, str]:
         cnienv.validate_network_name(data.get("name"))
         module = import_module(PLUGINS[plugin])
         conf = netconf.load(module.Config, data)
-        _configure_logging(conf.logFile, conf.logLevel, environ)
+        logs.configure(conf.logFile, conf.logLevel)
         args = cnienv.parse_cni_args(env.args, module.KNOWN_ARGS)
         from .spec.request import Request
 
-        request = Request(env=env, conf=conf, raw=data, stdin=stdin, version=version, cni_args=args)
+        request = Request(env=env, conf=conf, raw=data, stdin=stdin, version=version, cni_args=args,
+                          environ=environ)
         result = getattr(module, _VERB_FUNCS[env.command])(request)
         if env.command == "ADD":
             return 0, json.dumps(result.to_dict(version))
@@ -68,6 +97,8 @@ def run(plugin: str, environ: dict[str, str], stdin: bytes) -> tuple[int, str]:
         _log().debug("traceback", exc_info=True)
         err = CNIError(INTERNAL, f"internal error: {type(exc).__name__}", str(exc)[:500])
         return 1, json.dumps(err.to_dict(error_version))
+    finally:
+        logs.close()
 
 
 def _log():
@@ -76,44 +107,130 @@ def _log():
     return logging.getLogger("pycni")
 
 
-def _configure_logging(log_file: str, level: str, environ: dict[str, str]) -> None:
-    """Logs go to stderr (which runtimes capture) and optionally to a file; never to stdout."""
-    import logging
+class _RequestLog:
+    """The log handlers of one request: its stderr stream and, once the configuration is known, its
+    `logFile`. Handlers only take records of the thread that runs the request, so concurrent requests
+    in the daemon keep their logs apart; level: `logLevel` > PYCNI_LOG_LEVEL > WARNING."""
 
-    logger = logging.getLogger("pycni")
-    if getattr(logger, "_pycni_configured", False):
-        return
-    level = (level or environ.get("PYCNI_LOG_LEVEL") or "WARNING").upper()
-    logger.setLevel(getattr(logging, level, logging.WARNING))
-    fmt = logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    path = log_file or environ.get("PYCNI_LOG_FILE", "")
-    if path:
-        try:
-            handlers.append(logging.FileHandler(path))
-        except OSError as exc:
-            print(f"pycni: cannot open log file {path}: {exc}", file=sys.stderr)
-    for handler in handlers:
-        handler.setFormatter(fmt)
-        logger.addHandler(handler)
-    logger.propagate = False
-    logger._pycni_configured = True  # type: ignore[attr-defined]
+    FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+
+    def __init__(self, stream, environ: dict[str, str]) -> None:
+        import logging
+        import threading
+
+        self._logging = logging
+        self._environ = environ
+        self._thread = threading.get_ident()
+        logger = logging.getLogger("pycni")
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG)  # the handlers filter, per request
+        self.logger = logger
+        self.handlers: list = []
+        self._add(logging.StreamHandler(stream))
+        self._set_level("")
+
+    def _add(self, handler) -> None:
+        handler.setFormatter(self._logging.Formatter(self.FORMAT))
+        handler.addFilter(lambda record: record.thread == self._thread)
+        self.handlers.append(handler)
+        self.logger.addHandler(handler)
+
+    def _set_level(self, level: str) -> None:
+        name = (level or self._environ.get("PYCNI_LOG_LEVEL") or "WARNING").upper()
+        value = getattr(self._logging, name, self._logging.WARNING)
+        for handler in self.handlers:
+            handler.setLevel(value if isinstance(value, int) else self._logging.WARNING)
+
+    def configure(self, log_file: str, level: str) -> None:
+        path = log_file or self._environ.get("PYCNI_LOG_FILE", "")
+        if path:
+            try:
+                self._add(self._logging.FileHandler(path))
+            except OSError as exc:
+                self.handlers[0].stream.write(f"pycni: cannot open log file {path}: {exc}\n")
+        self._set_level(level)
+
+    def close(self) -> None:
+        for handler in self.handlers:
+            self.logger.removeHandler(handler)
+            if isinstance(handler, self._logging.FileHandler):
+                handler.close()
+        self.handlers.clear()
+
+
+def _daemon_allowed(environ: dict[str, str], stdin: bytes) -> bool:
+    """The handoff is off with PYCNI_NO_DAEMON=1, with `"pycniDaemon": false` in the configuration,
+    and under PYCNI_FAULT (crash injection must kill this process, not the daemon)."""
+    if environ.get("PYCNI_NO_DAEMON", "").lower() in ("1", "true", "yes") or environ.get("PYCNI_FAULT"):
+        return False
+    if b'"pycniDaemon"' in stdin:
+        from .daemon import client
+
+        return client.config_allows_daemon(stdin)
+    return True
 
 
 def _main(plugin: str) -> None:
     # Read one byte past the limit so an oversized configuration is detected, not truncated.
-    stdin = sys.stdin.buffer.read(cnienv.MAX_CONFIG_BYTES + 1) if sys.stdin is not None else b""
+    stdin = sys.stdin.buffer.read(MAX_STDIN + 1) if sys.stdin is not None else b""
+    environ = dict(os.environ)
+    if _daemon_allowed(environ, stdin):
+        from .daemon import client
+
+        answer = client.call(plugin, environ, stdin)
+        if answer is not None:  # the daemon ran the verb (or failed mid-way: its error document)
+            status, text, logs = answer
+            if logs:
+                sys.stderr.write(logs)
+                sys.stderr.flush()
+            _finish(status, text)
+    _lean_imports()
     real_stdout = sys.stdout
     sys.stdout = sys.stderr  # nothing but the final document may reach stdout
-    status, text = run(plugin, dict(os.environ), stdin)
+    status, text = run(plugin, environ, stdin)
     sys.stdout = real_stdout
+    _finish(status, text)
+
+
+def _finish(status: int, text: str) -> None:
     if text:
-        real_stdout.write(text + "\n")
-        real_stdout.flush()
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
     sys.exit(status)
 
 
-def main_bridge() -> None:
+def _lean_imports() -> None:
+    """Cold path only: pydantic's plugin loader imports importlib.metadata and scans every installed
+    distribution's entry points (~20 ms) to find pydantic plugins, which pycni does not use. Unless
+    the operator asked for plugins (PYDANTIC_DISABLE_PLUGINS set to anything), a one-function stand-in
+    that finds none is installed first. (The daemon pays this once; it does not need the shortcut.)"""
+    name = "pydantic.plugin._loader"
+    if name in sys.modules or "PYDANTIC_DISABLE_PLUGINS" in os.environ:
+        return
+    import types
+
+    loader = types.ModuleType(name, "pycni: no pydantic plugins in the exec'd plugin (see pycni.cli)")
+    loader.get_plugins = lambda: ()  # type: ignore[attr-defined]
+    sys.modules[name] = loader
+
+
+def _subcommand(args: list[str]) -> int:
+    name = args[0]
+    target = SUBCOMMANDS.get(name)
+    if target is None:
+        print(f"usage: pycni [{'|'.join(sorted(SUBCOMMANDS))}] [args...]  (no arguments: run as a CNI plugin)",
+              file=sys.stderr)
+        return 2
+    from importlib import import_module
+
+    module, _, func = target.partition(":")
+    return int(getattr(import_module(module), func)(args[1:]) or 0)
+
+
+def main_bridge(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args:
+        sys.exit(_subcommand(args))
     _main("pycni")
 
 

@@ -1,6 +1,7 @@
 """Masquerade pod traffic that leaves the cluster (and nothing else).
 
-Packets from this node's pod CIDRs to a destination outside the cluster CIDR(s) get the node's
+Packets from this node's pod CIDRs to a destination outside the cluster CIDR(s) (and not multicast or
+broadcast) get the node's
 address as source (their replies could not find the pods otherwise); pod-to-pod traffic, on this
 node or across nodes, keeps its source address. This is why the conflist sets the bridge plugin's
 `ipMasq` to false (see conflist.py).
@@ -34,6 +35,11 @@ log = logging.getLogger("pycni.agent")
 
 class MasqError(Exception):
     pass
+
+
+# Never masqueraded either: multicast and broadcast (IGMP/MLD reports the node's own bridge sends
+# from the gateway address, which lies inside the pod CIDR, would otherwise be counted as egress).
+NO_MASQ = {4: ["224.0.0.0/4", "255.255.255.255/32"], 6: ["ff00::/8"]}
 
 
 def _split(cidrs: Sequence[str]) -> dict[int, list[str]]:
@@ -78,7 +84,7 @@ def render_nft(spec: MasqSpec) -> str:
         typ = "ipv4_addr" if v == 4 else "ipv6_addr"
         lines += [
             f"\tset pods{v} {{ type {typ}; flags interval; elements = {{ {', '.join(pods)} }}; }}",
-            f"\tset cluster{v} {{ type {typ}; flags interval; elements = {{ {', '.join(cluster)} }}; }}",
+            f"\tset cluster{v} {{ type {typ}; flags interval; elements = {{ {', '.join(cluster + NO_MASQ[v])} }}; }}",
         ]
     lines += ["\tchain postrouting {", "\t\ttype nat hook postrouting priority srcnat; policy accept;"]
     for v in fams:
@@ -122,10 +128,10 @@ class NftBackend:
 # -- iptables ------------------------------------------------------------------------------------------
 
 
-def render_iptables_chain(cluster: Sequence[str]) -> str:
+def render_iptables_chain(cluster: Sequence[str], version: int = 4) -> str:
     """iptables-restore --noflush input for one family: the chain, rebuilt."""
     lines = ["*nat", f":{CHAIN} - [0:0]"]
-    lines += [f"-A {CHAIN} -d {c} -j RETURN" for c in cluster]
+    lines += [f"-A {CHAIN} -d {c} -j RETURN" for c in [*cluster, *NO_MASQ[version]]]
     lines += [f"-A {CHAIN} -j MASQUERADE", "COMMIT", ""]
     return "\n".join(lines)
 
@@ -173,7 +179,7 @@ class IptablesBackend:
                 continue
             pods, cluster = fams[v]
             tool, restore, _ = self._tools(v)
-            proc = _run([restore, "-w", "--noflush"], stdin=render_iptables_chain(cluster))
+            proc = _run([restore, "-w", "--noflush"], stdin=render_iptables_chain(cluster, v))
             if proc.returncode != 0:
                 raise MasqError(f"{restore} failed: {proc.stderr.strip()[:500]}")
             want = {tuple(jump_rule(p)) for p in pods}

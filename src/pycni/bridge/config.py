@@ -16,7 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..spec.config import Model, NetConf
 from ..spec.env import MAX_IFNAME
-from ..spec.errors import INVALID_CONFIG, CNIError
+from ..spec.errors import INVALID_CONFIG, INVALID_ENV, CNIError
 
 DEFAULT_BRIDGE = "cni0"
 MIN_MTU, MAX_MTU = 68, 65535  # Linux: ETH_MIN_MTU .. IP_MAX_MTU
@@ -144,7 +144,12 @@ class BridgeConf(NetConf):
             (env_mac or "", "CNI_ARGS MAC"),
         ):
             if value:
-                return normalize_mac(value, source)
+                try:
+                    return normalize_mac(value, source)
+                except CNIError as err:
+                    if source == "CNI_ARGS MAC":  # a bad CNI_ARGS value is a bad environment (as IP=)
+                        err.code = INVALID_ENV
+                    raise
         return ""
 
 

@@ -33,6 +33,22 @@ def ipam_type(req: Request) -> str:
     return value
 
 
+def precheck(req: Request) -> None:
+    """Validate the IPAM configuration before ADD touches the node, when it is ours (in-process):
+    a bad range or CNI_ARGS IP is then refused with nothing created. An exec'd delegate validates
+    its own configuration when it runs."""
+    if not (req.conf.ipam or {}).get("type") or ipam_type(req) != IN_PROCESS:
+        return
+    module = _in_process_module()
+    if module is None:
+        return
+    from ..ipam.config import ipam_config
+    from ..spec.config import load
+    from ..spec.env import parse_cni_args
+
+    ipam_config(load(module.Config, req.raw), parse_cni_args(req.env.args, module.KNOWN_ARGS))
+
+
 def add(req: Request) -> Result:
     """SPEC.md "ADD" on the delegate: returns its result (any version, converted)."""
     out = _call(req, "ADD")
@@ -100,7 +116,7 @@ def find_in_path(name: str, paths: tuple[str, ...]) -> str:
 
 def _exec(name: str, req: Request, verb: str) -> dict | None:
     exe = find_in_path(name, req.env.path)
-    env = dict(os.environ)
+    env = dict(os.environ if req.environ is None else req.environ)  # the runtime's, also via the daemon
     env.update({
         "CNI_COMMAND": verb,
         "CNI_CONTAINERID": req.env.container_id,

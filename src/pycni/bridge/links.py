@@ -1,7 +1,9 @@
 """Every kernel operation of the bridge plugin: links, addresses, routes, bridge ports, sysctls.
 
 This is the only module that imports pyroute2, and it does so lazily (first call of `_ipr()` or
-`Pod`), so VERSION, STATUS and a DEL whose links are already gone never pay its import cost.
+`Pod`), so VERSION, STATUS and a DEL whose links are already gone never pay its import cost. It
+imports only pyroute2's rtnetlink modules, not the package's __init__ (see `_lean_pyroute2`).
+The netlink socket of the node namespace is per thread: the daemon serves requests concurrently.
 Functions are thin: they translate one intent into netlink requests and turn every netlink or OS
 failure into CNIError code 101 (pycni's "kernel operation failed", SPEC.md "Error": codes 100+ are
 plugin-specific) naming the object at fault.
@@ -21,10 +23,13 @@ import errno
 import ipaddress
 import os
 import random
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from .. import faults
 from ..spec.errors import INVALID_ENV, KERNEL, CNIError
 
 CLONE_NEWNET = 0x40000000
@@ -34,7 +39,7 @@ IFA_F_NODAD = 0x02
 BRIDGE_VLAN_INFO_PVID = 0x2
 BRIDGE_VLAN_INFO_UNTAGGED = 0x4
 
-_host_ipr: Any = None
+_host: threading.local = threading.local()  # .ipr: this thread's netlink socket in the node netns
 _libc: Any = None
 
 
@@ -90,8 +95,62 @@ def kernel(what: str) -> Iterator[None]:
         raise CNIError(KERNEL, f"failed to {what}", detail or type(exc).__name__) from None
 
 
+def _lean_pyroute2() -> None:
+    """Import pyroute2's submodules without running its package __init__.
+
+    `pyroute2/__init__.py` (0.9) imports every module of the library - NDB, IPDB, conntrack, nftables,
+    wireguard, plan9, ... - about 120 ms; the rtnetlink client alone (`pyroute2.iproute.linux`) is
+    about 75 ms. Before the first pyroute2 import, the package is registered as a bare package object
+    (same __path__ and __spec__) so that importing a submodule finds it and skips __init__. Anyone
+    who later asks it for something __init__ defines (`from pyroute2 import NDB`) gets the real
+    __init__ run then, by the module-level __getattr__ (PEP 562): nothing changes for other users.
+    """
+    if "pyroute2" in sys.modules:
+        return
+    import importlib.util
+    import types
+
+    spec = importlib.util.find_spec("pyroute2")
+    if spec is None or spec.loader is None or not spec.submodule_search_locations:
+        return  # let the plain import report it
+    package = types.ModuleType("pyroute2")
+    package.__spec__ = spec
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__file__ = spec.origin
+    package.__loader__ = spec.loader
+    package.__package__ = "pyroute2"
+    state = {"loaded": False}
+
+    def __getattr__(name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:  # `from pyroute2 import config` inside pyroute2: a submodule, no need for __init__
+            return importlib.import_module(f"pyroute2.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"pyroute2.{name}":
+                raise
+        if not state["loaded"]:
+            state["loaded"] = True
+            spec.loader.exec_module(package)  # the real __init__, into this module object
+            if name in package.__dict__:
+                return package.__dict__[name]
+        raise AttributeError(f"module 'pyroute2' has no attribute {name!r}")
+
+    package.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    sys.modules["pyroute2"] = package
+
+
+def _iproute() -> Any:
+    """A new pyroute2 IPRoute (a netlink socket in the calling thread's netns)."""
+    _lean_pyroute2()
+    from pyroute2.iproute.linux import IPRoute
+
+    return IPRoute()
+
+
 def _nl_errors() -> tuple[type[BaseException], ...]:
     """What a netlink request may raise (pyroute2's NetlinkError is not an OSError)."""
+    _lean_pyroute2()
     from pyroute2.netlink.exceptions import NetlinkError
 
     return (NetlinkError, OSError, ValueError)
@@ -102,21 +161,20 @@ def _netlink_error_code(exc: BaseException) -> int:
 
 
 def _ipr() -> Any:
-    """The netlink socket of the namespace the plugin runs in (opened once, lazily)."""
-    global _host_ipr
-    if _host_ipr is None:
-        from pyroute2 import IPRoute
-
-        _host_ipr = IPRoute()
-    return _host_ipr
+    """The netlink socket of the namespace the plugin runs in (opened once per thread, lazily)."""
+    ipr = getattr(_host, "ipr", None)
+    if ipr is None:
+        ipr = _host.ipr = _iproute()
+    return ipr
 
 
 def close() -> None:
-    global _host_ipr
-    if _host_ipr is not None:
+    """Close this thread's node netlink socket (the daemon does after every request)."""
+    ipr = getattr(_host, "ipr", None)
+    if ipr is not None:
+        _host.ipr = None
         with contextlib.suppress(*_nl_errors()):
-            _host_ipr.close()
-        _host_ipr = None
+            ipr.close()
 
 
 def _setns(fd: int) -> None:
@@ -128,14 +186,29 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+NS_GET_NSTYPE = 0xB703  # ioctl_ns(2): _IO(0xb7, 0x3)
+
+
 def open_netns(path: str) -> int:
-    """An O_RDONLY fd of a netns path; NetnsGone if it does not exist."""
+    """An O_RDONLY fd of a netns path; NetnsGone if it does not exist, code 4 if it is not a network
+    namespace (a regular file, a directory, another kind of namespace...) - checked before anything
+    is created. O_NONBLOCK: a FIFO given as CNI_NETNS must not block the plugin."""
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
         raise NetnsGone(path) from None
     except OSError as exc:
         raise CNIError(INVALID_ENV, f"failed to open netns {path!r}", exc.strerror or str(exc)) from None
+    try:
+        import fcntl
+
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        kind = None
+    if kind != CLONE_NEWNET:
+        os.close(fd)
+        raise CNIError(INVALID_ENV, f"CNI_NETNS {path!r} is not a network namespace")
+    return fd
 
 
 class Pod:
@@ -151,7 +224,8 @@ class Pod:
         self._home = -1
 
     def __enter__(self) -> Self:
-        from pyroute2 import IPRoute
+        _lean_pyroute2()
+        from pyroute2.iproute.linux import IPRoute
 
         self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -381,6 +455,7 @@ def create_veth(pod: Pod, host_name: str, ifname: str, bridge: Link, mtu: int, m
                                "a previous attachment with the same container ID and ifname was not deleted") from None
             raise CNIError(KERNEL, f"container interface {ifname!r} already exists in {pod.path}") from None
         raise CNIError(KERNEL, f"failed to create veth pair {host_name!r}/{ifname!r}", str(exc)) from None
+    faults.point("bridge.veth.created")
     link = get_link(host_name)
     if link is None:
         raise CNIError(KERNEL, f"veth {host_name!r} vanished right after it was created")

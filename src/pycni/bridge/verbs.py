@@ -16,6 +16,7 @@ import hashlib
 import ipaddress
 import logging
 
+from .. import faults
 from ..spec.errors import (
     CHECK_FAILED,
     DELEGATE_FAILED,
@@ -80,16 +81,22 @@ def add(req: Request) -> Result:
     from . import links
 
     conf: BridgeConf = req.conf
+    # Everything that can be refused without touching the node is refused first, so that a bad
+    # request creates nothing (not even the bridge, which no rollback removes).
+    conf.prev_result()
+    ipam_delegate.precheck(req)
     undo = Rollback()
     try:
         pod = links.Pod(req.netns)
     except links.NetnsGone:
         raise CNIError(INVALID_ENV, "CNI_NETNS does not exist", req.netns) from None
     try:
+        faults.point("bridge.add.start")
         ours = _plumb(req, conf, pod, undo)
         if conf.ipam_type:
             ipam = ipam_delegate.add(req)
             undo.push("IPAM allocation", lambda: ipam_delegate.delete(_as_verb(req, "DEL")))
+            faults.point("bridge.add.ipam")
             _layer3(req, conf, pod, ours, ipam, undo)
         elif not conf.disableContainerInterface:
             with pod:
@@ -97,6 +104,7 @@ def add(req: Request) -> Result:
         _refresh_macs(ours, conf, links)
         if conf.dns is not None and conf.dns.to_dict():  # reference: the config's dns wins over IPAM's
             ours.dns = conf.dns
+        faults.point("bridge.add.done")
         return _chain(conf, ours)
     except BaseException:
         undo.run()
@@ -112,9 +120,11 @@ def _plumb(req: Request, conf: BridgeConf, pod, undo: Rollback) -> Result:
     att = attachment(req)
     mac = conf.container_mac(req.cni_args.get("MAC"))
     bridge = links.ensure_bridge(conf.bridge, conf.mtu, conf.promiscMode, conf.vlan_filtering)
+    faults.point("bridge.add.bridge")
     host_name = host_veth_name(req.container_id, req.ifname)
     host = links.create_veth(pod, host_name, req.ifname, bridge, conf.mtu, mac, veth_alias(att))
     undo.push(f"veth {host_name}", lambda: links.delete_link(host_name))
+    faults.point("bridge.add.veth")
     links.configure_port(host, conf.hairpinMode, conf.portIsolation)
     links.configure_vlans(host, conf.vlan, conf.trunk_vlans(), conf.preserveDefaultVlan)
     with pod:
@@ -124,6 +134,7 @@ def _plumb(req: Request, conf: BridgeConf, pod, undo: Rollback) -> Result:
     if conf.macspoofchk:
         masquerade.spoofcheck_setup(att, host_name, container.mac)
         undo.push("MAC spoof check", lambda: masquerade.spoofcheck_teardown(att))
+        faults.point("bridge.add.spoofchk")
     mtu = conf.mtu or None
     return Result(interfaces=[
         Interface(name=bridge.name, mac=bridge.mac),
@@ -145,6 +156,7 @@ def _layer3(req: Request, conf: BridgeConf, pod, ours: Result, ipam: Result, und
         links.pod_sysctls(req.ifname, conf.enabledad, has_v6)
         links.pod_configure(pod, req.ifname, [ip.address for ip in ours.ips], container_routes(ours),
                             up=True, nodad=not conf.enabledad)
+    faults.point("bridge.add.pod")
     if gateways:
         target = _gateway_link(conf, ours, links)
         for gw in gateways:
@@ -152,10 +164,12 @@ def _layer3(req: Request, conf: BridgeConf, pod, ours: Result, ipam: Result, und
         links.pin_mac(links.get_link(target.name) or target)
         for version in sorted({gw.version for gw in gateways}):
             links.enable_forwarding(version)
+        faults.point("bridge.add.gateway")
     if conf.ipMasq:
         att = attachment(req)
         masquerade.pick(conf.ipMasqBackend).setup(att, [ipaddress.ip_interface(ip.address) for ip in ours.ips])
         undo.push("masquerade", lambda: masquerade.teardown(att, conf.ipMasqBackend))
+        faults.point("bridge.add.masq")
 
 
 def _gateway_link(conf: BridgeConf, ours: Result, links):
@@ -246,11 +260,15 @@ def delete(req: Request) -> None:
     conf: BridgeConf = req.conf
     att = attachment(req)
     errors: list[CNIError] = []
+    faults.point("bridge.del.start")
     _collect(errors, lambda: _delete_veth(att, host_veth_name(req.container_id, req.ifname)))
+    faults.point("bridge.del.veth")
     if conf.ipam_type:
         _collect(errors, lambda: ipam_delegate.delete(req))
+        faults.point("bridge.del.ipam")
     if conf.ipMasq:
         errors += masquerade.teardown(att, conf.ipMasqBackend)
+        faults.point("bridge.del.masq")
     if conf.macspoofchk:
         _collect(errors, lambda: masquerade.spoofcheck_teardown(att))
     if errors:
@@ -264,6 +282,13 @@ def _delete_veth(att: masquerade.Attachment, name: str) -> None:
         return  # gone with its netns, or never created: nothing to import pyroute2 for
     link = links.get_link(name)
     if link is not None and link.alias.startswith(alias_prefix(att.network) + att.key):
+        links.delete_link(name)
+    elif link is not None and link.kind == "veth" and not link.alias:
+        # ADD names the veth after (container ID, ifname) and sets its alias right after creating it
+        # (the kernel ignores IFLA_IFALIAS in RTM_NEWLINK): a veth of this name without an alias is
+        # an ADD that died in between. Another attachment cannot own the name: it would need the same
+        # container ID and ifname, hence the same pod interface.
+        log.warning("deleting %s: no alias, left by an ADD that did not finish", name)
         links.delete_link(name)
     elif link is not None:
         log.warning("not deleting %s: its alias %r is not this attachment's", name, link.alias)

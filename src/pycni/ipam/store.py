@@ -25,6 +25,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from .. import faults
 from ..spec.errors import IO_FAILURE, CNIError
 from .ranges import IPAddress
 
@@ -191,19 +192,23 @@ class DiskStore:
         tmp = f"{TMP_PREFIX}{os.getpid()}-{ip}"
         try:
             self._write_new(tmp, content)
+            faults.point("store.reserve.tmp")
             try:
                 os.link(tmp, str(ip), src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd, follow_symlinks=False)
+                faults.point("store.reserve.link")
             except FileExistsError:
                 return False
             finally:
                 self._unlink(tmp)
             self._replace(f"{LAST_RESERVED_PREFIX}{range_id}", str(ip).encode())
+            faults.point("store.reserve.cursor")
         except OSError as exc:
             raise _io_error("write a lease in", self.path, exc) from None
         return True
 
     def release(self, ip: IPAddress) -> None:
         self._unlink(str(ip))
+        faults.point("store.release")
 
     def _write_new(self, name: str, content: bytes) -> None:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE,

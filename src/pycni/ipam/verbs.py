@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from .. import faults
 from ..spec.errors import CHECK_FAILED, IO_FAILURE, STATUS_NOT_AVAILABLE, CNIError
 from ..spec.request import Request
 from ..spec.result import DNS, Result
@@ -31,7 +32,9 @@ def add(req: Request[Config]) -> Result:
     cfg = _config(req)
     dns = parse_resolv_conf(cfg.resolv_conf) if cfg.resolv_conf else DNS()
     with DiskStore(cfg.data_dir, cfg.network) as store:
+        faults.point("ipam.add.locked")
         ips = allocator.allocate(cfg.range_sets, cfg.requested, store, req.container_id, req.ifname)
+        faults.point("ipam.add.allocated")
     return Result(cniVersion=req.version, ips=ips, routes=list(cfg.routes), dns=dns)
 
 
@@ -42,6 +45,7 @@ def delete(req: Request[Config]) -> None:
     if not store.exists():
         return  # DEL must not create state
     with store:
+        faults.point("ipam.del.locked")
         allocator.release(store, req.container_id, req.ifname)
 
 
@@ -91,6 +95,7 @@ def gc(req: Request[Config]) -> None:
         return
     with store:
         allocator.collect_garbage(store, valid)
+        faults.point("ipam.gc.collected")
 
 
 def parse_resolv_conf(path: str) -> DNS:

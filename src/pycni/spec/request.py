@@ -23,6 +23,9 @@ class Request(Generic[C]):
     stdin: bytes  # the exact bytes received (what a delegate gets on its stdin)
     version: str  # the configuration's cniVersion: results and errors are printed in it
     cni_args: CniArgs
+    # The caller's whole environment (the runtime's, also when the daemon serves the request):
+    # what an exec'd delegate inherits. None: this process's os.environ.
+    environ: dict[str, str] | None = None
 
     @property
     def container_id(self) -> str:

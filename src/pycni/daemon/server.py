@@ -1,0 +1,284 @@
+"""The pycni daemon: `pycni daemon [--socket PATH]` serves CNI requests in-process.
+
+Everything is imported once at start (pydantic models built, pyroute2 loaded), so a request costs
+only its own work: the exec'd plugin (pycni.daemon.client) forwards (plugin, environment, stdin),
+and the daemon answers with exactly what `pycni.cli.run` returns - the same function the standalone
+plugin runs, so results, errors and exit codes are identical either way.
+
+  * Access: the socket is 0600 in a 0700 directory, and every peer must be root (SO_PEERCRED),
+    since a request creates interfaces in any namespace it names and runs CNI_PATH executables.
+  * Concurrency: one thread per connection, at most --workers at a time; what needs serialising
+    already is (the IPAM store's flock, the firewall lock); each thread has its own pyroute2
+    sockets, and `links.Pod` switches only the calling thread into a pod netns (setns(2) is
+    per thread).
+  * Robustness: a request that cannot be read or parsed is refused, a verb that raises becomes
+    its CNI error document (cli.run never raises), and nothing a client sends can stop the
+    daemon. Reading a request times out after REQUEST_TIMEOUT seconds.
+  * Versions: a request from another pycni version or protocol is refused, and the client then
+    runs the verb itself - an upgraded plugin never talks to an old daemon's code.
+  * SIGTERM / SIGINT: stop accepting, let running requests finish (up to --grace seconds), remove
+    the socket, exit 0.
+  * Paths: CNI_NETNS is absolute, so the daemon opens the caller's namespace as it is; delegated
+    plugins run from the daemon with the caller's environment (Request.environ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import io
+import json
+import logging
+import os
+import signal
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+
+from .. import __version__
+from .. import cli
+from . import DEFAULT_SOCKET, MAX_FRAME, PROTOCOL, SOCKET_ENV
+
+REQUEST_TIMEOUT = 10.0  # seconds to receive a whole request once connected
+log = logging.getLogger("pycnid")  # not under "pycni": those handlers belong to requests
+
+
+class Refused(Exception):
+    """The request is not served; the client runs the verb itself."""
+
+
+def preload() -> None:
+    """Import and warm up everything a verb needs, so no request pays for it."""
+    import pycni.bridge.links as links
+    import pycni.bridge.masquerade  # noqa: F401
+    import pycni.bridge.verbs  # noqa: F401
+    import pycni.ipam.verbs  # noqa: F401
+    import pycni.spec.config  # noqa: F401
+    import pycni.spec.request  # noqa: F401
+    import pycni.spec.result  # noqa: F401
+
+    links._ipr()  # the first IPRoute loads pyroute2's message classes
+    links.close()
+    cli.run("pycni", {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.1.0"}', stderr=io.StringIO())
+
+
+def _peer_uid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = conn.recv(min(n - got, 1 << 16))
+        if not chunk:
+            raise Refused(f"connection closed after {got} of {n} bytes")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def read_request(conn: socket.socket) -> tuple[str, dict[str, str], bytes]:
+    """One framed request, validated: (plugin, environment, stdin). Refused on anything odd."""
+    size = int.from_bytes(_recv_exact(conn, 4), "big")
+    if size == 0 or size > MAX_FRAME:
+        raise Refused(f"bad frame length {size}")
+    try:
+        req = json.loads(_recv_exact(conn, size).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Refused(f"request is not JSON: {exc}") from None
+    if not isinstance(req, dict):
+        raise Refused("request is not a JSON object")
+    if req.get("proto") != PROTOCOL:
+        raise Refused(f"protocol {req.get('proto')!r}, this daemon speaks {PROTOCOL}")
+    if req.get("version") != __version__:
+        raise Refused(f"pycni version {req.get('version')!r}, this daemon runs {__version__}")
+    plugin, env, data = req.get("plugin"), req.get("env"), req.get("stdin")
+    if plugin not in cli.PLUGINS:
+        raise Refused(f"unknown plugin {plugin!r}")
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise Refused("env must be an object of strings")
+    if not isinstance(data, str):
+        raise Refused("stdin must be a base64 string")
+    try:
+        stdin = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise Refused("stdin is not valid base64") from None
+    return plugin, env, stdin
+
+
+def _send(conn: socket.socket, answer: dict) -> None:
+    body = json.dumps(answer).encode()
+    conn.sendall(len(body).to_bytes(4, "big") + body)
+
+
+class Server:
+    def __init__(self, path: str, workers: int = 32, grace: float = 30.0) -> None:
+        self.path = path
+        self.grace = grace
+        self.slots = threading.BoundedSemaphore(workers)
+        self.stopping = threading.Event()
+        self.active = 0
+        self.served = 0
+        self.lock = threading.Lock()
+        self.sock: socket.socket | None = None
+        self._inode: tuple[int, int] | None = None
+
+    # -- socket -------------------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        directory = os.path.dirname(self.path) or "."
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            os.chmod(directory, 0o700)
+        st = os.stat(directory)
+        if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise SystemExit(f"pycni daemon: {directory} must be owned by uid {os.geteuid()} and writable "
+                             "by nobody else")
+        if os.path.lexists(self.path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            probe.settimeout(1)
+            try:
+                probe.connect(self.path)
+            except OSError:
+                os.unlink(self.path)  # stale: nobody listens on it
+            else:
+                raise SystemExit(f"pycni daemon: another daemon is listening on {self.path}")
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(self.path)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        st = os.stat(self.path)
+        self._inode = (st.st_dev, st.st_ino)
+        sock.listen(128)
+        sock.settimeout(0.5)  # wake up to see a stop request
+        self.sock = sock
+
+    def unlink(self) -> None:
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._inode:  # only our own socket, never a successor's
+                os.unlink(self.path)
+        except OSError:
+            pass
+
+    # -- serving ------------------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        assert self.sock is not None
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                if self.stopping.is_set():
+                    break
+                log.warning("accept failed: %s", exc)
+                time.sleep(0.05)
+                continue
+            self.slots.acquire()
+            with self.lock:
+                self.active += 1
+            try:
+                threading.Thread(target=self._handle, args=(conn,), name="pycni-request", daemon=True).start()
+            except RuntimeError as exc:  # cannot start a thread: answer nothing, the client retries
+                log.error("cannot start a request thread: %s", exc)
+                conn.close()
+                self._done()
+        self.sock.close()
+
+    def _done(self) -> None:
+        with self.lock:
+            self.active -= 1
+            self.served += 1
+        self.slots.release()
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(REQUEST_TIMEOUT)
+            try:
+                uid = _peer_uid(conn)
+                if uid != 0:
+                    raise Refused(f"peer uid {uid} is not root")
+                plugin, env, stdin = read_request(conn)
+                if self.stopping.is_set():
+                    raise Refused("the daemon is stopping")
+            except Refused as exc:
+                log.warning("refused a request: %s", exc)
+                _send(conn, {"refused": str(exc)})
+                return
+            except (OSError, TimeoutError) as exc:
+                log.warning("could not read a request: %s", exc)
+                return
+            logs = io.StringIO()
+            try:
+                status, text = cli.run(plugin, env, stdin, stderr=logs)
+            finally:
+                _close_thread_sockets()
+            conn.settimeout(REQUEST_TIMEOUT)
+            _send(conn, {"status": status, "stdout": text, "stderr": logs.getvalue()})
+        except Exception as exc:  # noqa: BLE001 - a request never takes the daemon down
+            log.error("request failed: %s: %s", type(exc).__name__, exc)
+        finally:
+            conn.close()
+            self._done()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def drain(self) -> None:
+        deadline = time.monotonic() + self.grace
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.active == 0:
+                    return
+            time.sleep(0.02)
+        log.warning("stopping with %d request(s) still running", self.active)
+
+
+def _close_thread_sockets() -> None:
+    links = sys.modules.get("pycni.bridge.links")
+    if links is not None:
+        links.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pycni daemon", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--socket", default=os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET,
+                        help=f"unix socket to listen on (default ${SOCKET_ENV} or {DEFAULT_SOCKET})")
+    parser.add_argument("--workers", type=int, default=32, help="requests served at the same time")
+    parser.add_argument("--grace", type=float, default=30.0, help="seconds to let requests finish on SIGTERM")
+    parser.add_argument("--log-level", default=os.environ.get("PYCNI_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    if os.geteuid() != 0:
+        print("pycni daemon: must run as root", file=sys.stderr)
+        return 1
+    os.umask(0o022)
+    sys.stdout = sys.stderr  # a stray print in a verb must not go anywhere near a client
+    preload()
+    server = Server(os.path.abspath(args.socket), workers=max(1, args.workers), grace=args.grace)
+    server.bind()
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    signal.signal(signal.SIGINT, lambda *_: server.stop())
+    log.info("pycni %s daemon listening on %s (pid %d)", __version__, server.path, os.getpid())
+    print(f"ready {server.path}", file=sys.__stdout__, flush=True)  # for supervisors and tests
+    try:
+        server.serve_forever()
+    finally:
+        server.drain()
+        server.unlink()
+    log.info("stopped after %d request(s)", server.served)
+    return 0

@@ -1,0 +1,389 @@
+"""Machinery shared by the reliability tests (test_hostile, test_crash, test_concurrency,
+test_store_damage, test_exhaustion) and integration/stress.py. No pytest in here.
+
+* `Lab` owns every namespace, mount and temporary directory it creates and removes them all in
+  `cleanup()` (call it in a `finally`). Plugins only ever run inside a node namespace of the lab,
+  pods are namespaces of the lab: nothing touches the machine's own network.
+* `Plugin runs`: `run()` execs an executable the way a runtime does (in the node namespace, env +
+  stdin, one JSON document back); `start()`/`finish()` let a caller SIGKILL it at a random time;
+  `Worker` is a long-lived process in the node namespace that runs requests through
+  `pycni.cli.run` in-process (the path a daemon takes), so a storm can do thousands of operations.
+* Snapshots of everything a plugin may leave behind: the node's links and addresses, its
+  nftables/iptables rules, the lease store; `leases()` reads the store the way the plugin does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+REFERENCE_DIR = Path("/usr/lib/cni")
+CNI_PATH = f"{VENV_BIN}:{REFERENCE_DIR}"
+SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+
+
+def exe(name: str) -> str:
+    ours = VENV_BIN / name
+    return str(ours) if ours.exists() else str(REFERENCE_DIR / name)
+
+
+def ns_path(name: str) -> str:
+    return f"/var/run/netns/{name}"
+
+
+def sh(*cmd: str, ns: str | None = None, check: bool = True, stdin: str | None = None) -> str:
+    argv = list(cmd) if ns is None else ["nsenter", f"--net={ns_path(ns)}", "--", *cmd]
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False, timeout=120)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    return proc.stdout
+
+
+# -- namespaces, mounts, temporary files ---------------------------------------------------------------
+
+
+class Lab:
+    """Everything a test creates, removed by `cleanup()` even after a failure."""
+
+    def __init__(self, prefix: str = "pycnir") -> None:
+        self.prefix = prefix
+        self.namespaces: list[str] = []
+        self.mounts: list[str] = []
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+        self.workers: list[Worker] = []
+
+    def netns(self, kind: str = "pod") -> str:
+        name = f"{self.prefix}-{kind}-{uuid.uuid4().hex[:8]}"
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        sh("ip", "link", "set", "lo", "up", ns=name)
+        return name
+
+    def delete_netns(self, name: str) -> None:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        if name in self.namespaces:
+            self.namespaces.remove(name)
+
+    def mount_tmpfs(self, path: Path, size: str, readonly: bool = False) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        opts = f"size={size},mode=0755" + (",ro" if readonly else "")
+        sh("mount", "-t", "tmpfs", "-o", opts, "pycni-test", str(path))
+        self.mounts.append(str(path))
+
+    def bind_readonly(self, path: Path) -> None:
+        """A read-only view of `path` on itself (root ignores file modes, not a read-only mount)."""
+        sh("mount", "--bind", str(path), str(path))
+        self.mounts.append(str(path))
+        sh("mount", "-o", "remount,bind,ro", str(path))
+
+    def umount(self, path: Path | str) -> None:
+        subprocess.run(["umount", str(path)], capture_output=True, check=False)
+        if str(path) in self.mounts:
+            self.mounts.remove(str(path))
+
+    def cleanup(self) -> None:
+        for worker in list(self.workers):
+            worker.stop()
+        for name in reversed(self.namespaces):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        self.namespaces.clear()
+        for path in reversed(self.mounts):
+            subprocess.run(["umount", "-l", path], capture_output=True, check=False)
+        self.mounts.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# -- configurations ------------------------------------------------------------------------------------
+
+
+def bridge_conf(data_dir: Path | str, *, name: str = "relnet", bridge: str = "cni0", subnet: str = "10.88.0.0/24",
+                ipam_type: str = "pycni-host-local", version: str = "1.1.0", ranges: list | None = None,
+                **keys) -> dict:
+    conf = {"cniVersion": version, "name": name, "type": "pycni", "bridge": bridge, "isGateway": True,
+            "ipam": {"type": ipam_type, "dataDir": str(data_dir),
+                     "ranges": ranges if ranges is not None else [[{"subnet": subnet}]]}}
+    conf.update(keys)
+    return conf
+
+
+def hl_conf(data_dir: Path | str, *, name: str = "relnet", subnet: str = "10.88.0.0/24", version: str = "1.1.0",
+            ranges: list | None = None, plugin: str = "pycni-host-local", **keys) -> dict:
+    conf = {"cniVersion": version, "name": name, "type": plugin,
+            "ipam": {"type": plugin, "dataDir": str(data_dir),
+                     "ranges": ranges if ranges is not None else [[{"subnet": subnet}]]}}
+    conf.update(keys)
+    return conf
+
+
+def gc_conf(conf: dict, valid: list[tuple[str, str]]) -> dict:
+    return dict(conf, **{"cni.dev/valid-attachments": [{"containerID": c, "ifname": i} for c, i in valid]})
+
+
+# -- running plugins -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def killed(self) -> bool:
+        return self.returncode == -signal.SIGKILL
+
+    @property
+    def json(self):
+        return json.loads(self.stdout)
+
+    @property
+    def documents(self) -> int:
+        text, count, dec = self.stdout.strip(), 0, json.JSONDecoder()
+        while text:
+            _, end = dec.raw_decode(text)
+            text = text[end:].strip()
+            count += 1
+        return count
+
+    @property
+    def code(self) -> int | None:
+        if self.returncode == 0 or self.killed:
+            return None
+        try:
+            return int(self.json["code"])
+        except Exception:  # noqa: BLE001 - no error document at all
+            return -1
+
+
+def plugin_env(command: str, cid: str | None, netns: str | None, ifname: str | None, args: str | None = None,
+               path: str | None = CNI_PATH, extra: dict | None = None) -> dict[str, str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": command}
+    for key, value in (("CNI_CONTAINERID", cid), ("CNI_NETNS", netns), ("CNI_IFNAME", ifname),
+                       ("CNI_ARGS", args), ("CNI_PATH", path)):
+        if value is not None:
+            env[key] = value
+    env.update(extra or {})
+    return env
+
+
+def _stdin(conf: dict | bytes | str) -> bytes:
+    if isinstance(conf, dict):
+        return json.dumps(conf).encode()
+    return conf.encode() if isinstance(conf, str) else conf
+
+
+def start(plugin: str, env: dict[str, str], node: str | None) -> subprocess.Popen:
+    argv = [exe(plugin)]
+    if node:
+        argv = ["nsenter", f"--net={ns_path(node)}", "--", *argv]  # nsenter execs: same PID
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def finish(proc: subprocess.Popen, conf: dict | bytes | str, kill_after: float | None = None,
+           timeout: float = 120) -> Outcome:
+    """Feed stdin and wait; with `kill_after`, SIGKILL the plugin (by its PID) if still running then."""
+    data = _stdin(conf)
+    try:
+        out, err = proc.communicate(data, timeout=kill_after if kill_after is not None else timeout)
+    except subprocess.TimeoutExpired:
+        if kill_after is None:
+            raise
+        os.kill(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=timeout)
+    return Outcome(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+def run(plugin: str, command: str, conf: dict | bytes | str, *, node: str | None, cid: str | None = "ctr1",
+        netns: str | None = None, ifname: str | None = "eth0", args: str | None = None,
+        path: str | None = CNI_PATH, extra_env: dict | None = None, kill_after: float | None = None) -> Outcome:
+    env = plugin_env(command, cid, netns, ifname, args, path, extra_env)
+    return finish(start(plugin, env, node), conf, kill_after)
+
+
+WORKER_CODE = r"""
+import json, os, sys
+reply = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
+sys.stdout = sys.stderr
+from pycni import cli
+import pycni.bridge.verbs, pycni.ipam.verbs, pycni.bridge.links
+reply.write("ready\n"); reply.flush()
+for line in sys.stdin:
+    req = json.loads(line)
+    rc, text = cli.run(req["plugin"], req["env"], req["stdin"].encode())
+    reply.write(json.dumps({"rc": rc, "out": text}) + "\n"); reply.flush()
+"""
+
+
+class Worker:
+    """A long-lived process in the node namespace running requests through pycni.cli.run in-process:
+    the code path of a daemon, without an interpreter start per request. Can be SIGKILLed mid-request
+    like an exec'd plugin (then it is restarted)."""
+
+    def __init__(self, lab: Lab, node: str) -> None:
+        self.lab, self.node = lab, node
+        self.proc: subprocess.Popen | None = None
+        lab.workers.append(self)
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net={ns_path(self.node)}", "--", sys.executable, "-c", WORKER_CODE],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")})
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"worker did not start: {line!r}")
+
+    def call(self, plugin: str, env: dict[str, str], conf: dict | bytes | str,
+             kill_after: float | None = None) -> Outcome:
+        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"plugin": plugin, "env": env, "stdin": _stdin(conf).decode()}) + "\n")
+        self.proc.stdin.flush()
+        if kill_after is not None:
+            import select
+
+            ready, _, _ = select.select([self.proc.stdout], [], [], kill_after)
+            if not ready:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+                self._spawn()
+                return Outcome(-signal.SIGKILL, "", "")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("worker died")
+        data = json.loads(line)
+        return Outcome(data["rc"], data["out"] + ("\n" if data["out"] else ""), "")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+        if self in self.lab.workers:
+            self.lab.workers.remove(self)
+
+
+# -- observation ---------------------------------------------------------------------------------------
+
+
+def node_links(node: str) -> dict[str, tuple]:
+    """name -> (kind, master, alias, sorted global addresses) for every link of the namespace."""
+    data = json.loads(sh("ip", "-j", "-d", "addr", "show", ns=node) or "[]")
+    out = {}
+    for link in data:
+        kind = (link.get("linkinfo") or {}).get("info_kind", "")
+        addrs = sorted(f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
+                       if a.get("scope") == "global")
+        out[link["ifname"]] = (kind, link.get("master", ""), link.get("ifalias", ""), tuple(addrs))
+    return out
+
+
+BUILTIN_CHAINS = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
+
+
+def firewall(node: str) -> str:
+    """Every nftables object (handles dropped) and iptables rule / user chain of the namespace; the
+    empty built-in tables iptables-nft creates on first use (and never removes) are left out."""
+    objects = json.loads(sh("nft", "-j", "list", "ruleset", ns=node) or '{"nftables": []}')["nftables"]
+    busy = {(o["rule"]["family"], o["rule"]["table"]) for o in objects if "rule" in o}
+    busy |= {(o[k]["family"], o[k]["table"]) for o in objects for k in ("set", "map") if k in o}
+    busy |= {(o["chain"]["family"], o["chain"]["table"]) for o in objects
+             if "chain" in o and o["chain"]["name"] not in BUILTIN_CHAINS}
+    kept = []
+    for obj in objects:
+        ((kind, body),) = obj.items()
+        if kind == "metainfo":
+            continue
+        where = (body.get("family"), body.get("table", body.get("name")))
+        if where[0] in ("ip", "ip6") and where[1] in ("nat", "filter", "mangle", "raw") and where not in busy:
+            continue
+        kept.append({kind: {k: v for k, v in body.items() if k != "handle"}})
+    lines = [json.dumps(o, sort_keys=True) for o in kept]
+    for tool in ("iptables-save", "ip6tables-save"):
+        for ln in sh(tool, ns=node, check=False).splitlines():
+            if ln.startswith("-A") or (ln.startswith(":") and ln[1:].split()[0] not in BUILTIN_CHAINS):
+                lines.append(f"{tool}: {ln}")
+    return "\n".join(sorted(lines))
+
+
+def files(root: Path) -> dict[str, bytes | str | None]:
+    """Every path under root: file contents, '->target' for symlinks, None for directories."""
+    out: dict[str, bytes | str | None] = {}
+    if not root.exists():
+        return out
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = "->" + str(os.readlink(p))
+        elif p.is_dir():
+            out[rel] = None
+        else:
+            out[rel] = p.read_bytes()
+    return out
+
+
+def store_state(net_dir: Path) -> dict[str, bytes | str | None]:
+    """The store without the round-robin cursor (it moves by design) and the lock file."""
+    return {k: v for k, v in files(net_dir).items() if k != "lock" and not k.startswith("last_reserved_ip.")}
+
+
+def leases(net_dir: Path) -> dict[str, tuple[str, str]]:
+    """address -> (containerID, ifname) for every lease file (unreadable content: ('?', '?'))."""
+    out = {}
+    if not net_dir.is_dir():
+        return out
+    for p in net_dir.iterdir():
+        try:
+            ip = str(ipaddress.ip_address(p.name))
+        except ValueError:
+            continue
+        try:
+            text = p.read_bytes().decode()
+        except (OSError, UnicodeDecodeError):
+            out[ip] = ("?", "?")
+            continue
+        cid, _, ifname = text.partition("\r\n")
+        out[ip] = (cid.strip(), ifname.strip())
+    return out
+
+
+def pod_addresses(pod: str, ifname: str = "eth0") -> list[str]:
+    data = json.loads(sh("ip", "-j", "addr", "show", ns=pod) or "[]")
+    return sorted(a["local"] for link in data if link["ifname"] == ifname for a in link.get("addr_info", [])
+                  if a.get("scope") == "global")
+
+
+def pod_link_names(pod: str) -> list[str]:
+    return sorted(link["ifname"] for link in json.loads(sh("ip", "-j", "link", "show", ns=pod) or "[]"))
+
+
+def ping(node: str, address: str) -> bool:
+    flag = "-6" if ":" in address else "-4"
+    return subprocess.run(["nsenter", f"--net={ns_path(node)}", "--", "ping", flag, "-c", "1", "-W", "2", address],
+                          capture_output=True, check=False).returncode == 0
+
+
+def tmp_files(net_dir: Path) -> list[str]:
+    return sorted(p.name for p in net_dir.iterdir() if p.name.startswith(".pycni-tmp-")) if net_dir.is_dir() else []
+
+
+def new_cid(prefix: str = "c") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+def rng(seed: int | None = None) -> random.Random:
+    return random.Random(seed if seed is not None else int(os.environ.get("PYCNI_SEED", "0") or 0) or None)
