@@ -10,7 +10,7 @@ BUILD       ?= build
 CNITOOL     := $(BUILD)/bin/pycni-cnitool
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv build install uninstall test test-unit check demo clean bundle
+.PHONY: all deps venv build install uninstall test test-unit test-agent test-cluster kind-e2e check demo clean bundle
 
 all: venv build
 
@@ -58,7 +58,17 @@ uninstall:
 
 # The test suite (root tests create their own network namespaces and skip without root).
 test: deps venv build
-	$(VPY) -m pytest -q $(PYTEST_ARGS) tests integration/runtimes
+	$(VPY) -m pytest -q $(PYTEST_ARGS) tests integration/runtimes integration/kindlab
+
+# Subsets: the node agent; the three-node docker cluster; a real kind cluster (needs kind, kubectl, images).
+test-agent: venv
+	$(VPY) -m pytest -q tests/test_agent_unit.py tests/test_agent_netns.py tests/test_kind_packaging.py
+
+test-cluster: deps venv
+	$(VPY) -m pytest -q -m cluster integration/kindlab
+
+kind-e2e: bundle
+	bash integration/kind/run-e2e.sh
 
 test-unit: venv
 	$(VPY) -m pytest -q tests/test_spec_unit.py

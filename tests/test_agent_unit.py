@@ -253,7 +253,8 @@ def test_install_only_when_changed(tmp_path):
     assert install.install(str(src), str(dest)) is True           # changed: swapped in
     assert (dest / "pycni.d" / "BUILDINFO").read_text() == "v2"
     assert (dest / "loopback").read_text() == "other plugin"      # neighbours untouched
-    assert sorted(os.listdir(dest)) == ["loopback", "pycni", "pycni-host-local", "pycni.d"]  # no temp dirs
+    assert sorted(os.listdir(dest)) == [".pycni-install.lock", "loopback", "pycni", "pycni-host-local",
+                                        "pycni.d"]  # no temp dirs left
     shutil.rmtree(dest / "pycni.d")                               # damaged install is repaired
     assert install.install(str(src), str(dest)) is True
     assert install.install(str(dest), str(dest)) is False         # running from the install itself

@@ -10,8 +10,8 @@ Three set-ups, each in its own node namespace:
 The baseline is taken after one ADD + DEL: the bridge and its gateway addresses stay by design
 (the reference does the same), everything else must go.
 
-PYCNI_CRASH_KILLS sets the number of random-time kills (default 170: with the named points, more
-than 200 kills per run).
+PYCNI_CRASH_KILLS sets the number of random-time kills (default 150: with the 51 named points, 201
+kills per run).
 """
 
 from __future__ import annotations
@@ -142,7 +142,9 @@ def test_kill_during_add(setups, variant, point):
         res = s.call("DEL", cid)
     assert res.returncode == 0, res.stdout + res.stderr
     s.assert_baseline()
-    # and the attachment can be made again, with the same container ID
+    if ADD_POINTS[variant].index(point) % 3:
+        return
+    # and the attachment can be made again, with the same container ID (every third point: time)
     again = s.call("ADD", cid)
     assert again.returncode == 0, again.stdout + again.stderr
     assert s.call("DEL", cid).returncode == 0
@@ -181,7 +183,7 @@ def test_kill_at_random_times(setups):
     """Kills after a random delay (0-300 ms for pycni, 0-150 ms for the faster pycni-host-local), four
     lanes in parallel per set-up, each lane with its own pod; after every round the lanes' DELs must
     have restored the baseline. A third of the kills hit a DEL (of an attachment made just before)."""
-    total = int(os.environ.get("PYCNI_CRASH_KILLS", "170"))
+    total = int(os.environ.get("PYCNI_CRASH_KILLS", "150"))
     random = rel.rng()
     stats = {"kills": 0, "rounds": 0, "completed": 0}
     lock = threading.Lock()

@@ -8,6 +8,7 @@
 //
 //	pycni-cnitool add|check|del <network-name> <netns-path>
 //	pycni-cnitool status|gc     <network-name> [<netns-path>]
+//	pycni-cnitool version       <plugin-type>   (libcni's GetVersionInfo: the plugin's VERSION)
 //
 // Environment:
 //
@@ -37,7 +38,8 @@ import (
 )
 
 const usage = `usage: pycni-cnitool add|check|del <network-name> <netns-path>
-       pycni-cnitool status|gc <network-name> [<netns-path>]`
+       pycni-cnitool status|gc <network-name> [<netns-path>]
+       pycni-cnitool version <plugin-type>`
 
 // getenv returns the value of the environment variable key, or def if unset/empty.
 func getenv(key, def string) string {
@@ -87,6 +89,18 @@ func main() {
 	netns := ""
 	if len(os.Args) > 3 {
 		netns = os.Args[3]
+	}
+
+	if cmd == "version" {
+		// VERSION as a runtime asks for it (podman does before ADD and DEL): exec the plugin
+		// found in CNI_PATH with CNI_COMMAND=VERSION and parse its answer.
+		cninet := libcni.NewCNIConfigWithCacheDir(filepath.SplitList(getenv("CNI_PATH", "/opt/cni/bin")), "", nil)
+		info, err := cninet.GetVersionInfo(context.Background(), netName)
+		if err != nil {
+			fail(err)
+		}
+		fmt.Println(strings.Join(info.SupportedVersions(), " "))
+		return
 	}
 
 	switch cmd {

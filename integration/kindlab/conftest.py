@@ -23,7 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kl_host import NETNS_DIR, Cleanup, log, mounts_under, pids_in_netns, reap_stale  # noqa: E402
+from kl_host import NETNS_DIR, Cleanup, log, mounts_under, pids_in_netns, reap_stale
 
 NEEDED = ["dockerd", "containerd", "containerd-shim-runc-v2", "ctr", "runc", "nsenter", "ip", "ldd", "tar",
           "xtables-nft-multi", "nft"]
@@ -87,6 +87,7 @@ def local_cluster():
             if any(os.path.isdir(f"/sys/fs/cgroup/{c}/{host.cgroup_parent.strip('/')}")
                    for c in os.listdir("/sys/fs/cgroup")):
                 left.append(f"cgroup {host.cgroup_parent}")
+            left += [f"host path {p}" for p in host.created_host_paths if p.exists()]
             assert not left, f"left behind: {left}"
             assert not cleanup.errors, f"cleanup errors: {cleanup.errors}"
             assert not pids_in_netns(host.ns_path)

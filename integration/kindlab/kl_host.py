@@ -113,6 +113,17 @@ def _comm(pid: str) -> str:
         return ""
 
 
+def remove_host_paths(paths: list[Path]) -> None:
+    """Remove host files/dirs (dirs only if empty) a run's dockerd created, unless a dockerd is running."""
+    others = [p for p in os.listdir("/proc") if p.isdigit() and _comm(p) == "dockerd"]
+    if others:
+        log(f"another dockerd is running ({others}): leaving {[str(p) for p in paths]}")
+        return
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.rmdir() if path.is_dir() else path.unlink()
+
+
 def mounts_under(prefix: str) -> list[str]:
     out = []
     with open("/proc/self/mounts") as f:
@@ -171,6 +182,7 @@ class DockerHost:
         self.log_path = self.scratch / "dockerd.log"
         self.bip = bip
         self.pid: int | None = None
+        self.created_host_paths: list[Path] = []
         self.ledger = Ledger(self.scratch)
         self.ledger.write(owner_pid=os.getpid(), netns=self.netns, cgroup=self.cgroup_parent)
         cleanup.add(f"scratch {self.scratch}", self._remove_scratch)
@@ -188,21 +200,18 @@ class DockerHost:
     def nsenter(self, *cmd: str) -> list[str]:
         return ["nsenter", f"--net={self.ns_path}", "--", *cmd]
 
-    # dockerd 20.10 always writes these host paths, whatever its data/exec roots (no flag moves them):
-    # removed afterwards when this run created them and no other dockerd is running.
-    HOST_LEFTOVERS = (Path("/etc/docker/key.json"), Path("/run/docker/plugins"), Path("/run/docker"))
+    # dockerd 20.10 always writes these host paths, whatever its data/exec roots (no flag moves them), and
+    # containerd's runc shims put their sockets in /run/containerd/s: removed afterwards (directories only
+    # when empty) when this run created them and no other dockerd is running.
+    HOST_LEFTOVERS = (Path("/etc/docker/key.json"), Path("/run/docker/plugins"), Path("/run/docker"),
+                      Path("/run/containerd/s"), Path("/run/containerd"))
 
     def _remove_host_leftovers(self, created: list[Path]) -> None:
-        others = [p for p in os.listdir("/proc") if p.isdigit() and _comm(p) == "dockerd"]
-        if others:
-            log(f"another dockerd is running ({others}): leaving {created}")
-            return
-        for path in created:
-            with contextlib.suppress(OSError):
-                path.rmdir() if path.is_dir() else path.unlink()
+        remove_host_paths(created)
 
     def start(self, timeout: float = 40.0) -> None:
-        created = [p for p in self.HOST_LEFTOVERS if not p.exists()]
+        created = self.created_host_paths = [p for p in self.HOST_LEFTOVERS if not p.exists()]
+        self.ledger.write(host_paths=[str(p) for p in created])
         self.cleanup.add("dockerd's host files", lambda: self._remove_host_leftovers(created))
         subprocess.run(["ip", "netns", "add", self.netns], check=True)
         subprocess.run(self.nsenter("ip", "link", "set", "lo", "up"), check=True)
@@ -302,6 +311,8 @@ def reap_stale() -> list[str]:
             subprocess.run(["umount", "-l", mp], capture_output=True, check=False)
         if ledger.get("cgroup"):
             remove_cgroup_tree(ledger["cgroup"])
+        if ledger.get("host_paths"):
+            remove_host_paths([Path(p) for p in ledger["host_paths"]])
         if not mounts_under(d):
             subprocess.run(["rm", "-rf", "--one-file-system", d], capture_output=True, check=False)
         done.append(d)

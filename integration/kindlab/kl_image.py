@@ -80,13 +80,14 @@ B=/opt/pycni/bundle
 if "$B/pycni" agent --help </dev/null >/dev/null 2>&1; then AGENT="$B/pycni agent"
 else AGENT="$B/pycni.d/bin/python3 -I -m pycni.agent"; fi
 echo "agent command: $AGENT" > /var/log/pycni-agent.log
+# shellcheck disable=SC2086 # $AGENT is a command line on purpose
 $AGENT --node-name "$NODE_NAME" --nodes-file /etc/pycni/nodes.json --bundle-dir "$B" \
   --cni-bin-dir /opt/cni/bin --cni-conf-dir /etc/cni/net.d --cluster-cidr "$CLUSTER_CIDR" \
   --interval "${AGENT_INTERVAL:-1}" --plugin-log-file /var/log/pycni.log --log-level INFO \
   </dev/null >>/var/log/pycni-agent.log 2>&1 &
 echo $! > /run/pycni-agent.pid
 (
-  for i in $(seq 1 400); do ctr version >/dev/null 2>&1 && break; sleep 0.05; done
+  for _ in $(seq 1 400); do ctr version >/dev/null 2>&1 && break; sleep 0.05; done
   ctr -n k8s.io images import /kind/pod-image.tar > /var/log/image-import.log 2>&1 && touch /run/kindlab-ready
 ) &
 exec containerd --config /etc/containerd/config.toml

@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from kl_checks import HTTP_PORT, POD_COMMAND, Pod, run_all  # noqa: E402
+from kl_checks import HTTP_PORT, POD_COMMAND, Pod, run_all
 
 NETWORK_NAME = "pycni"
 

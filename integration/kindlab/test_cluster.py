@@ -53,6 +53,17 @@ def test_agent_prepared_every_node(cluster):
         assert rc == 0 and cluster.pod_cidrs[node] in out and "10.244.0.0/16" in out
 
 
+def test_root_namespace_untouched(cluster):
+    """dockerd and its nodes live in the harness's own namespace: no docker link or rule in the root one."""
+    _local_only(cluster)
+    import subprocess
+
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    assert not [line for line in links.splitlines() if ": docker0" in line or ": br-" in line]
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False).stdout
+    assert "DOCKER" not in rules
+
+
 def test_same_node_pod_to_pod(cluster, pods):
     kl_checks.check_same_node(cluster, pods)
 

@@ -16,10 +16,13 @@ Nothing else in the bin dir (loopback, portmap, other CNIs) is touched.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
 import stat
+import uuid
 
 SUPPORT_DIR = "pycni.d"
 LAUNCHERS = ("pycni", "pycni-host-local")
@@ -106,9 +109,28 @@ def install(src_dir: str, dest_dir: str, src_digest: str | None = None) -> bool:
     if installed_digest(dest_dir) == want:
         return False
     os.makedirs(dest_dir, exist_ok=True)
-    pid = os.getpid()
-    new, old = os.path.join(dest_dir, f".{SUPPORT_DIR}.new.{pid}"), os.path.join(dest_dir, f".{SUPPORT_DIR}.old.{pid}")
-    shutil.rmtree(new, ignore_errors=True)
+    with _locked(dest_dir):
+        if installed_digest(dest_dir) == want:  # another agent (a rolling update's twin) just did it
+            return False
+        _swap_in(src_dir, dest_dir, want)
+    return True
+
+
+@contextlib.contextmanager
+def _locked(dest_dir: str):
+    """Two agents on one node (old and new pod of a rolling update, each PID 1 of its own container)
+    serialise on a lock file in the bin dir itself."""
+    fd = os.open(os.path.join(dest_dir, ".pycni-install.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _swap_in(src_dir: str, dest_dir: str, want: str) -> None:
+    tag = uuid.uuid4().hex[:8]  # not the PID: agents in different containers may share it
+    new, old = os.path.join(dest_dir, f".{SUPPORT_DIR}.new.{tag}"), os.path.join(dest_dir, f".{SUPPORT_DIR}.old.{tag}")
     try:
         shutil.copytree(os.path.join(src_dir, SUPPORT_DIR), new, symlinks=True,
                         ignore=shutil.ignore_patterns(STAMP))
@@ -120,7 +142,7 @@ def install(src_dir: str, dest_dir: str, src_digest: str | None = None) -> bool:
             os.rename(current, old)
         os.rename(new, current)
         for exe in LAUNCHERS:
-            tmp = os.path.join(dest_dir, f".{exe}.new.{pid}")
+            tmp = os.path.join(dest_dir, f".{exe}.new.{tag}")
             shutil.copyfile(os.path.join(src_dir, exe), tmp)
             os.chmod(tmp, 0o755)
             fd = os.open(tmp, os.O_RDONLY)
@@ -135,4 +157,3 @@ def install(src_dir: str, dest_dir: str, src_digest: str | None = None) -> bool:
         raise InstallError(f"installing {src_dir} into {dest_dir}: {exc}") from None
     finally:
         shutil.rmtree(old, ignore_errors=True)
-    return True

@@ -4,7 +4,8 @@ Each round lists the nodes, then brings this node in line, in an order that neve
 use a half-prepared node:
 
 1. the bundle into --cni-bin-dir (only when its digest differs from the installed one);
-2. `net.ipv4.ip_forward` (and IPv6 forwarding with an IPv6 pod CIDR) on;
+2. `net.ipv4.ip_forward` (and IPv6 forwarding with an IPv6 pod CIDR) on, and
+   `net.bridge.bridge-nf-call-ip{,6}tables` where br_netfilter is loaded (Services on the same bridge);
 3. routes to every other node's pod CIDR (routes.py, proto 156);
 4. masquerading of cluster egress (masq.py);
 5. --cni-conf-dir/10-pycni.conflist, last: its appearance is what makes the node's network ready.
@@ -32,7 +33,7 @@ import threading
 import time
 
 from . import conflist, install, masq, routes
-from .nodes import FileSource, KubeClient, KubeSource, NodeList, NodeSourceError
+from .nodes import SA_DIR, FileSource, KubeClient, KubeSource, NodeList, NodeSourceError
 
 log = logging.getLogger("pycni.agent")
 
@@ -51,6 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     src.add_argument("--nodes-file", help='JSON list of {"name", "address", "podCIDRs"}')
     src.add_argument("--kube", action="store_true", help="read nodes from the Kubernetes API (in-cluster "
                      "service account)")
+    p.add_argument("--kube-sa-dir", default=SA_DIR, help="service account dir (token, ca.crt; default %(default)s)")
     p.add_argument("--cni-bin-dir", default="/opt/cni/bin")
     p.add_argument("--cni-conf-dir", default="/etc/cni/net.d")
     p.add_argument("--bundle-dir", default="", help="install the pycni bundle from here into --cni-bin-dir "
@@ -102,7 +104,7 @@ class Agent:
         self.bundle_digest: str | None = None
         self.last_version = ""
         if args.kube:
-            self.source = KubeSource(KubeClient())
+            self.source = KubeSource(KubeClient(sa_dir=args.kube_sa_dir))
         elif args.nodes_file:
             self.source = FileSource(args.nodes_file)
         else:
@@ -134,6 +136,11 @@ class Agent:
             _sysctl("net/ipv4/ip_forward", "1")
         if 6 in versions:
             _sysctl("net/ipv6/conf/all/forwarding", "1")
+        # kube-proxy (iptables/nftables) must see bridged pod-to-pod traffic, or a Service whose backend is on
+        # the client's own bridge answers with the backend's address (un-DNATed). Only when br_netfilter is loaded.
+        for fam in ("iptables", "ip6tables"):
+            if os.path.exists(f"/proc/sys/net/bridge/bridge-nf-call-{fam}"):
+                _sysctl(f"net/bridge/bridge-nf-call-{fam}", "1")
 
         want = routes.desired(nodes.nodes, a.node_name)
         status["errors"] += want.problems
@@ -195,6 +202,10 @@ class Agent:
                 return 0 if ok else 1
             self.last_version = nodes.version
             self._wait(stop, waiting, nodes.version, a.interval)
+            # a watch that returns at once (a burst of node updates, an error event) must not spin
+            pause = min(1.0, a.interval) - (time.monotonic() - t0)
+            if pause > 0:
+                stop.wait(pause)
         log.info("pycni agent: stopping")
         return 0
 

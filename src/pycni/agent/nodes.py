@@ -197,6 +197,9 @@ class KubeClient:
             self.ssl = ssl.create_default_context(cafile=ca)
         except (OSError, ssl.SSLError) as exc:
             raise NodeSourceError(f"cannot load the cluster CA {ca}: {exc}") from None
+        # The API server is reached directly: no HTTP(S)_PROXY from the pod's environment applies.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                                   urllib.request.HTTPSHandler(context=self.ssl))
 
     def _token(self) -> str:
         path = os.path.join(self.sa_dir, "token")
@@ -212,7 +215,7 @@ class KubeClient:
                                                    "Accept": "application/json",
                                                    "User-Agent": "pycni-agent"})
         try:
-            return urllib.request.urlopen(req, context=self.ssl, timeout=timeout or self.timeout)
+            return self._opener.open(req, timeout=timeout or self.timeout)
         except urllib.error.HTTPError as exc:
             body = exc.read(300).decode(errors="replace")
             raise NodeSourceError(f"GET {path}: HTTP {exc.code}: {body}") from None

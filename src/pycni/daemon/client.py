@@ -34,7 +34,9 @@ class _Ctx:
     parse_float = float
     parse_int = int
     parse_constant = None
-    memo: dict = {}
+
+    def __init__(self) -> None:
+        self.memo: dict = {}
 
 
 def _decode(text: str):
@@ -63,8 +65,8 @@ def config_allows_daemon(stdin: bytes) -> bool:
     """`"pycniDaemon": false` at the top of the network configuration turns the handoff off."""
     try:
         data = _decode(stdin.decode("utf-8"))
-    except Exception:
-        return True  # not our problem here: the verb reports the bad configuration either way
+    except Exception:  # noqa: BLE001 - not our problem here: the verb reports the bad configuration either way
+        return True
     return not (isinstance(data, dict) and data.get("pycniDaemon") is False)
 
 
@@ -84,8 +86,8 @@ def _recv_exact(sock, n: int) -> bytes:
 
 
 def _try_again(msg: str, details: str) -> tuple[int, str, str]:
-    doc = '{"cniVersion": "1.1.0", "code": %d, "msg": %s, "details": %s}' % (
-        TRY_AGAIN_LATER, _json.encode_basestring_ascii(msg), _json.encode_basestring_ascii(details[:300]))
+    enc = _json.encode_basestring_ascii
+    doc = f'{{"cniVersion": "1.1.0", "code": {TRY_AGAIN_LATER}, "msg": {enc(msg)}, "details": {enc(details[:300])}}}'
     return 1, doc, f"pycni: {msg}: {details}\n"
 
 

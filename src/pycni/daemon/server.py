@@ -39,8 +39,7 @@ import sys
 import threading
 import time
 
-from .. import __version__
-from .. import cli
+from .. import __version__, cli
 from . import DEFAULT_SOCKET, MAX_FRAME, PROTOCOL, SOCKET_ENV
 
 REQUEST_TIMEOUT = 10.0  # seconds to receive a whole request once connected
@@ -53,13 +52,13 @@ class Refused(Exception):
 
 def preload() -> None:
     """Import and warm up everything a verb needs, so no request pays for it."""
-    import pycni.bridge.links as links
-    import pycni.bridge.masquerade  # noqa: F401
-    import pycni.bridge.verbs  # noqa: F401
-    import pycni.ipam.verbs  # noqa: F401
-    import pycni.spec.config  # noqa: F401
-    import pycni.spec.request  # noqa: F401
+    import pycni.bridge.masquerade
+    import pycni.bridge.verbs
+    import pycni.ipam.verbs
+    import pycni.spec.config
+    import pycni.spec.request
     import pycni.spec.result  # noqa: F401
+    from pycni.bridge import links
 
     links._ipr()  # the first IPRoute loads pyroute2's message classes
     links.close()
@@ -217,15 +216,19 @@ class Server:
             except Refused as exc:
                 log.warning("refused a request: %s", exc)
                 _send(conn, {"refused": str(exc)})
+                _drain(conn)  # closing with unread input would reset the connection before the answer is read
                 return
             except (OSError, TimeoutError) as exc:
                 log.warning("could not read a request: %s", exc)
                 return
             logs = io.StringIO()
+            start = time.perf_counter()
             try:
                 status, text = cli.run(plugin, env, stdin, stderr=logs)
             finally:
                 _close_thread_sockets()
+            log.info("%s %s %s/%s: exit %d in %.1f ms", plugin, env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID", "-"),
+                     env.get("CNI_IFNAME", "-"), status, (time.perf_counter() - start) * 1000)
             conn.settimeout(REQUEST_TIMEOUT)
             _send(conn, {"status": status, "stdout": text, "stderr": logs.getvalue()})
         except Exception as exc:  # noqa: BLE001 - a request never takes the daemon down
@@ -245,6 +248,22 @@ class Server:
                     return
             time.sleep(0.02)
         log.warning("stopping with %d request(s) still running", self.active)
+
+
+def _drain(conn: socket.socket) -> None:
+    """Half-close, then read and drop what the client still sends (bounded), so that close() sends
+    a FIN after our answer rather than a reset that could destroy it."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(0.5)
+        left = MAX_FRAME + 4
+        while left > 0:
+            chunk = conn.recv(min(left, 1 << 16))
+            if not chunk:
+                break
+            left -= len(chunk)
+    except OSError:
+        pass
 
 
 def _close_thread_sockets() -> None:

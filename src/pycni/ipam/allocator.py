@@ -116,9 +116,11 @@ def _reserve_requested(rset: RangeSet, ip: IPAddress, idx: int, store: Store, ci
 def _reserve_next(rset: RangeSet, idx: int, used: set, store: Store, cid: str, ifname: str) -> IPAddress:
     # Addresses known to be taken are skipped without touching the disk, so the cost of an ADD does
     # not grow with the number of leases held near the cursor.
-    for ip, _rng in rset.candidates(store.last_reserved(idx)):
-        if ip in used:
+    taken = {int(ip) for ip in used}
+    for value, rng in rset.candidate_ints(store.last_reserved(idx)):
+        if value in taken:
             continue
+        ip = type(rng.start)(value)
         if store.reserve(ip, cid, ifname, idx):
             return ip
     raise CNIError(ADDRESS_EXHAUSTED, f"no IP addresses available in range set: {rset}",

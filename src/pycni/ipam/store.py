@@ -61,6 +61,11 @@ def _parse_ip(name: str) -> IPAddress | None:
     return ip if str(ip) == name else None  # only canonical names are leases
 
 
+# network directory -> lease file name -> ((inode, size, mtime_ns, ctime_ns), Lease), see leases().
+# Only read and written under that directory's lock.
+_seen: dict[str, dict[str, tuple[tuple[int, int, int, int], Lease]]] = {}
+
+
 class DiskStore:
     """A locked view of one network's lease directory. Use as a context manager."""
 
@@ -150,12 +155,32 @@ class DiskStore:
             os.close(fd)
 
     def leases(self) -> list[Lease]:
+        """Every lease file, parsed. A lease file is written once and then only removed, so what this
+        process has read is kept (`_seen`) and reused while the file's inode, size, mtime and ctime
+        are unchanged: one fstatat per lease instead of open/fstat/read/close and parsing, which
+        keeps an ADD in the daemon flat however many leases the network holds."""
+        seen = _seen.get(self.path, {})
+        fresh: dict[str, tuple[tuple[int, int, int, int], Lease]] = {}
         out = []
         for entry in os.scandir(self.dir_fd):
-            ip = _parse_ip(entry.name)
-            if ip is None:
-                continue  # lock, last_reserved_ip.N, temporaries
-            out.append(self._lease(ip, entry.name))
+            name = entry.name
+            hit = seen.get(name)
+            if hit is None:
+                ip = _parse_ip(name)
+                if ip is None:
+                    continue  # lock, last_reserved_ip.N, temporaries
+            else:
+                ip = hit[1].ip
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                out.append(self._lease(ip, name))
+                continue
+            key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            lease = hit[1] if hit is not None and hit[0] == key else self._lease(ip, name)
+            fresh[name] = (key, lease)
+            out.append(lease)
+        _seen[self.path] = fresh  # what was released is forgotten
         return out
 
     def _lease(self, ip: IPAddress, name: str) -> Lease:

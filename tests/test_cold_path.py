@@ -1,0 +1,113 @@
+"""The exec'd plugin imports only what its verb needs (docs/performance.md), and the benchmark works.
+
+Assertions are on what gets imported (`python -X importtime`, sys.modules), never on time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import IS_ROOT
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def imports_of(command: str, conf: dict | None, **env: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run the bridge plugin cold (no daemon) under -X importtime; the set of modules it imported."""
+    proc_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": command, "PYCNI_NO_DAEMON": "1",
+                **env}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "from pycni.cli import main_bridge; main_bridge()"],
+                          input=json.dumps(conf).encode() if conf is not None else b"", env=proc_env,
+                          capture_output=True, timeout=60, check=False)
+    modules = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines() if "import time:" in line}
+    return proc, modules
+
+
+def top(modules: set[str]) -> set[str]:
+    return {m.split(".")[0] for m in modules}
+
+
+def test_version_imports_neither_pydantic_nor_pyroute2():
+    proc, modules = imports_of("VERSION", {"cniVersion": "1.0.0"})
+    assert proc.returncode == 0 and json.loads(proc.stdout)["cniVersion"] == "1.0.0"
+    assert not top(modules) & {"pydantic", "pydantic_core", "pyroute2", "asyncio", "pycni.daemon"}, modules
+    assert "pycni.spec.config" not in modules
+
+
+def test_del_of_a_gone_netns_does_not_import_pyroute2(tmp_path):
+    conf = {"cniVersion": "1.0.0", "name": "coldnet", "type": "pycni", "bridge": "cni0",
+            "ipam": {"type": "pycni-host-local", "subnet": "10.78.0.0/24", "dataDir": str(tmp_path / "ipam")}}
+    proc, modules = imports_of("DEL", conf, CNI_CONTAINERID="gone-1", CNI_IFNAME="eth0", CNI_PATH="/nonexistent",
+                               CNI_NETNS="/var/run/netns/pycnit-gone-for-good")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert proc.stdout == b""
+    assert "pyroute2" not in top(modules), sorted(m for m in modules if m.startswith("pyroute2"))[:5]
+    assert "pydantic" in top(modules)  # the configuration is validated: pydantic is needed here
+    assert "importlib.metadata" not in modules  # pydantic's plugin scan is skipped on the cold path
+
+
+def test_a_daemon_handoff_is_not_even_tried_when_disabled():
+    _, modules = imports_of("VERSION", {"cniVersion": "1.0.0"})
+    assert "pycni.daemon.client" not in modules
+
+
+def test_the_shim_reads_what_the_spec_layer_accepts():
+    from pycni import cli
+    from pycni.spec import env
+
+    assert cli.MAX_STDIN == env.MAX_CONFIG_BYTES
+
+
+def test_lean_pyroute2_still_gives_the_whole_package_on_demand():
+    code = (
+        "import sys\n"
+        "from pycni.bridge import links\n"
+        "links._lean_pyroute2()\n"
+        "from pyroute2.iproute.linux import IPRoute\n"
+        "assert 'pyroute2.ndb.main' not in sys.modules, 'the package __init__ ran'\n"
+        "import pyroute2\n"
+        "from pyroute2 import IPRoute as Again, NDB\n"
+        "assert Again is IPRoute and NDB.__name__ == 'NDB' and pyroute2.__version__\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_allocation_skips_held_leases_in_integer_steps():
+    """candidate_ints and candidates agree (the allocator walks the former)."""
+    import ipaddress
+
+    from pycni.ipam.ranges import Range, RangeSet
+
+    rset = RangeSet.build([Range.build("10.9.0.0/29")], where="t")
+    last = ipaddress.ip_address("10.9.0.4")
+    assert [(str(ip), r) for ip, r in rset.candidates(last)] == \
+        [(str(ipaddress.ip_address(v)), r) for v, r in rset.candidate_ints(last)]
+    v6 = RangeSet.build([Range.build("fd00::/125")], where="t6")
+    assert all(ip.version == 6 for ip, _ in v6.candidates(None))
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root and network namespaces")
+def test_benchmark_quick_run(tmp_path):
+    """bench/bench.py --quick runs every mode end to end and leaves nothing behind (no timing checks)."""
+    before = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout.split())
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--quick", "--rounds", "2", "--burst", "4",
+                           "--concurrency", "2", "--json", str(out)], capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for mode in ("go", "cold", "warm"):
+        rows = report["results"][mode]
+        for key in ("ADD", "CHECK", "DEL", "VERSION", "ADD, 0 leases held", "ADD, 1000 leases held", "burst ADD"):
+            assert key in rows, (mode, key)
+    assert "STATUS" not in report["results"]["go"] and "STATUS" in report["results"]["warm"]
+    assert report["results"]["warm"]["daemon memory"]["rss_mb"] > 0
+    assert "ADD" in proc.stdout and "warm/go" in proc.stdout
+    after = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout.split())
+    assert not {n for n in after - before if n.startswith("pycnib-")}, "the benchmark left namespaces behind"
