@@ -9,7 +9,9 @@ Three modes run the same configuration (a bridge `cni0` with isGateway and host-
 
   go     Debian's reference `bridge` + `host-local` (/usr/lib/cni), exec'd per verb
   cold   pycni exec'd per verb with no daemon (the shim finds no socket and runs the verb itself)
-  warm   pycni exec'd per verb with `pycni daemon` running: the shim hands the request over
+  warm   pycni exec'd per verb with `pycni daemon` running: the Python shim hands the request over
+  native the same, with the optional native shim (src/pycni/daemon/shim.c, built here with cc) as the
+         exec'd `pycni`: no interpreter start on the warm path (skipped when there is no C compiler)
 
 pycni runs from launchers installed by `make install` into a scratch directory (with --quick: launchers
 of the same shape for the running venv, so no package is downloaded). Every mode gets its own node
@@ -49,7 +51,7 @@ REFERENCE = Path("/usr/lib/cni")
 CNITOOL = ROOT / "build" / "bin" / "pycni-cnitool"
 OUT_DIR = ROOT / "build" / "bench"
 SUBNET = ipaddress.ip_network("10.99.0.0/16")
-MODES = ("go", "cold", "warm")
+MODES = ("go", "cold", "warm", "native")
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -392,6 +394,22 @@ def install(tmp: Path, quick_launchers: bool) -> Path:
     return bin_dir
 
 
+def build_native(tmp: Path, bin_dir: Path) -> Path | None:
+    """Compile the native shim for this installation (its interpreter and pycni version)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    python = (bin_dir / "pycni").read_text().splitlines()[0][2:].split()[0]  # the launcher's interpreter
+    version = subprocess.run([python, "-I", "-c", "import pycni; print(pycni.__version__)"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    out = tmp / "bin-native"
+    out.mkdir()
+    subprocess.run([cc, "-O2", "-o", str(out / "pycni"), str(ROOT / "src" / "pycni" / "daemon" / "shim.c"),
+                    f'-DPYCNI_PYTHON="{python}"', f'-DPYCNI_VERSION="{version}"'], check=True)
+    (out / "pycni-host-local").symlink_to("pycni")
+    return out
+
+
 ROWS = ["ADD", "CHECK", "DEL", "ADD+DEL", "STATUS", "VERSION", "VERSION via libcni", "ADD via libcni",
         "DEL via libcni"]
 
@@ -401,7 +419,9 @@ def table(report: dict) -> str:
     lease_rows = sorted({k for m in MODES for k in res.get(m, {}) if k.startswith("ADD, ")},
                         key=lambda k: int(k.split()[1]))
     lines = []
-    head = f"{'ms (p50 / p95)':<26}" + "".join(f"{m:>16}" for m in MODES) + f"{'cold/go':>9}{'warm/go':>9}"
+    shown = [m for m in MODES if m in res]
+    others = [m for m in shown if m != "go"]
+    head = f"{'ms (p50 / p95)':<26}" + "".join(f"{m:>16}" for m in shown) + "".join(f"{m + '/go':>11}" for m in others)
     lines += [head, "-" * len(head)]
 
     def cell(m: str, key: str) -> str:
@@ -410,30 +430,30 @@ def table(report: dict) -> str:
 
     def ratio(m: str, key: str) -> str:
         a, b = res.get(m, {}).get(key), res.get("go", {}).get(key)
-        return f"{a['p50'] / b['p50']:>8.2f}x" if a and b and b["p50"] else f"{'n/a':>9}"
+        return f"{a['p50'] / b['p50']:>10.2f}x" if a and b and b["p50"] else f"{'n/a':>11}"
 
     for key in ROWS + lease_rows:
-        if not any(key in res.get(m, {}) for m in MODES):
+        if not any(key in res.get(m, {}) for m in shown):
             continue
-        lines.append(f"{key:<26}" + "".join(f"{cell(m, key):>16}" for m in MODES) + ratio("cold", key) + ratio("warm", key))
+        lines.append(f"{key:<26}" + "".join(f"{cell(m, key):>16}" for m in shown) + "".join(ratio(m, key) for m in others))
     for verb in ("ADD", "DEL"):
         key = f"burst {verb}"
-        if not any(key in res.get(m, {}) for m in MODES):
+        if not any(key in res.get(m, {}) for m in shown):
             continue
-        any_r = next(res[m][key] for m in MODES if key in res.get(m, {}))
+        any_r = next(res[m][key] for m in shown if key in res.get(m, {}))
         title = f"burst {verb} {any_r['pods']}@{any_r['concurrency']}"
         lines.append(f"{title + ' wall s':<26}" + "".join(
-            f"{res[m][key]['wall_s']:>16.2f}" if key in res.get(m, {}) else f"{'n/a':>16}" for m in MODES)
-            + "".join(f"{res[m][key]['wall_s'] / res['go'][key]['wall_s']:>8.2f}x" if key in res.get(m, {})
-                      and key in res.get("go", {}) else f"{'n/a':>9}" for m in ("cold", "warm")))
-        lines.append(f"{'  per ' + verb + ' p50 / p95':<26}" + "".join(f"{cell(m, key):>16}" for m in MODES)
-                     + ratio("cold", key) + ratio("warm", key))
+            f"{res[m][key]['wall_s']:>16.2f}" if key in res.get(m, {}) else f"{'n/a':>16}" for m in shown)
+            + "".join(f"{res[m][key]['wall_s'] / res['go'][key]['wall_s']:>10.2f}x" if key in res.get(m, {})
+                      and key in res.get("go", {}) else f"{'n/a':>11}" for m in others))
+        lines.append(f"{'  per ' + verb + ' p50 / p95':<26}" + "".join(f"{cell(m, key):>16}" for m in shown)
+                     + "".join(ratio(m, key) for m in others))
     rss = "peak RSS (ADD exec)"
     lines.append(f"{'peak RSS per ADD exec MB':<26}" + "".join(
-        f"{res[m][rss]['max_mb']:>16.1f}" if rss in res.get(m, {}) else f"{'n/a':>16}" for m in MODES))
-    dm = res.get("warm", {}).get("daemon memory")
-    if dm:
-        lines.append(f"{'daemon RSS / peak MB':<26}{'':>16}{'':>16}{dm['rss_mb']:>9.1f} /{dm['peak_mb']:>5.1f}")
+        f"{res[m][rss]['max_mb']:>16.1f}" if rss in res.get(m, {}) else f"{'n/a':>16}" for m in shown))
+    lines.append(f"{'daemon RSS / peak MB':<26}" + "".join(
+        f"{res[m]['daemon memory']['rss_mb']:>9.1f} /{res[m]['daemon memory']['peak_mb']:>5.1f}"
+        if "daemon memory" in res.get(m, {}) else f"{'':>16}" for m in shown))
     return "\n".join(lines)
 
 
@@ -469,12 +489,16 @@ def main() -> int:
     report: dict = {"results": {}}
     try:
         bin_dir = install(tmp, args.quick and not args.install)
+        native_dir = build_native(tmp, bin_dir) if "native" in modes else None
+        if "native" in modes and native_dir is None:
+            print("no C compiler: skipping the native mode", file=sys.stderr)
+            modes.remove("native")
         for name in modes:
-            mode = Mode(name, tmp, bin_dir, nss, args)
+            mode = Mode(name, tmp, native_dir if name == "native" else bin_dir, nss, args)
             active.append(mode)
             mode.enter()
             try:
-                if name == "warm":
+                if name in ("warm", "native"):
                     mode.start_daemon()
                 print(f"[{name}] cycles", file=sys.stderr, flush=True)
                 mode.cycles(rounds)
@@ -508,7 +532,9 @@ def main() -> int:
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
         "git": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=False).stdout.strip(),
+                              text=True, check=False).stdout.strip()
+        + ("+dirty" if subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                                      capture_output=True, text=True, check=False).stdout.strip() else ""),
         "launchers": "venv" if args.quick and not args.install else "make install",
     }
     text = table(report)

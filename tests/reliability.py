@@ -331,8 +331,10 @@ def files(root: Path) -> dict[str, bytes | str | None]:
             out[rel] = "->" + str(os.readlink(p))
         elif p.is_dir():
             out[rel] = None
-        else:
+        elif p.is_file():
             out[rel] = p.read_bytes()
+        else:
+            out[rel] = f"special {oct(p.lstat().st_mode)}"  # a FIFO must not be opened
     return out
 
 
@@ -387,3 +389,96 @@ def new_cid(prefix: str = "c") -> str:
 
 def rng(seed: int | None = None) -> random.Random:
     return random.Random(seed if seed is not None else int(os.environ.get("PYCNI_SEED", "0") or 0) or None)
+
+
+# -- crash consistency (test_crash.py, integration/stress.py) ------------------------------------------
+
+V4, V6 = {"subnet": "10.88.0.0/24"}, {"subnet": "fd88::/64"}
+
+ADD_POINTS = {
+    "inproc": ["bridge.add.start", "bridge.add.bridge", "bridge.veth.created", "bridge.add.veth",
+               "bridge.add.spoofchk", "ipam.add.locked", "store.reserve.tmp", "store.reserve.link",
+               "store.reserve.cursor", "store.reserve.tmp#2", "store.reserve.link#2", "ipam.add.allocated",
+               "bridge.add.ipam", "bridge.add.pod", "bridge.add.gateway", "bridge.add.masq", "bridge.add.done"],
+    "exec": ["bridge.add.start", "bridge.add.bridge", "bridge.veth.created", "bridge.add.veth", "bridge.add.ipam",
+             "bridge.add.pod", "bridge.add.gateway", "bridge.add.masq", "bridge.add.done"],
+    "hl": ["ipam.add.locked", "store.reserve.tmp", "store.reserve.link", "store.reserve.cursor",
+           "store.reserve.tmp#2", "store.reserve.link#2", "store.reserve.cursor#2", "ipam.add.allocated"],
+}
+DEL_POINTS = {
+    "inproc": ["bridge.del.start", "bridge.del.veth", "ipam.del.locked", "store.release", "store.release#2",
+               "bridge.del.ipam", "bridge.del.masq"],
+    "exec": ["bridge.del.start", "bridge.del.veth", "bridge.del.ipam", "bridge.del.masq"],
+    "hl": ["ipam.del.locked", "store.release", "store.release#2"],
+}
+
+
+class CrashSetup:
+    """One node namespace, one pod namespace (recreated when a test deletes it), one configuration."""
+
+    def __init__(self, lab: Lab, variant: str) -> None:
+        self.lab, self.variant = lab, variant
+        self.node = lab.netns("node")
+        self.data = lab.tmp / variant / "ipam"
+        self.net_dir = self.data / "relnet"
+        if variant == "inproc":
+            self.plugin = "pycni"
+            self.conf = bridge_conf(self.data, ranges=[[V4], [V6]], ipMasq=True, ipMasqBackend="nftables",
+                                    macspoofchk=True)
+        elif variant == "exec":
+            self.plugin = "pycni"
+            self.conf = bridge_conf(self.data, version="1.0.0", ipam_type="host-local", ipMasq=True,
+                                    ipMasqBackend="iptables")
+        else:
+            self.plugin = "pycni-host-local"
+            self.conf = hl_conf(self.data, ranges=[[V4], [V6]])
+        self.pod = lab.netns("pod")
+        cid = new_cid("warm")
+        assert self.call("ADD", cid).returncode == 0
+        assert self.call("DEL", cid).returncode == 0
+        self.baseline = self.state()
+
+    @property
+    def bridged(self) -> bool:
+        return self.plugin == "pycni"
+
+    def call(self, command: str, cid: str | None, *, pod: str | None = None, fault: str | None = None,
+             conf: dict | None = None, kill_after: float | None = None) -> Outcome:
+        pod = pod or self.pod
+        netns = ns_path(pod) if command in ("ADD", "CHECK") else (ns_path(pod) if cid else None)
+        extra = {"PYCNI_FAULT": fault} if fault else None
+        return run(self.plugin, command, conf or self.conf, node=self.node, cid=cid, netns=netns,
+                   ifname="eth0" if cid else None, extra_env=extra, kill_after=kill_after)
+
+    def gc_all(self) -> Outcome:
+        return self.call("GC", None, conf=gc_conf(self.conf, []))
+
+    def state(self) -> dict:
+        out = {"store": store_state(self.net_dir)}
+        if self.bridged:
+            out["links"] = node_links(self.node)
+            out["firewall"] = firewall(self.node)
+        return out
+
+    def assert_baseline(self, pods: list[str] | None = None) -> None:
+        problems = self.differences(pods)
+        assert not problems, problems
+
+    def differences(self, pods: list[str] | None = None) -> list[str]:
+        """What differs from the baseline: [] when the node is exactly as before."""
+        state, base, out = self.state(), self.baseline, []
+        if state["store"] != base["store"]:
+            out.append(f"lease or temporary file left behind: {sorted(set(state['store']) ^ set(base['store']))}")
+        if self.bridged:
+            if state["links"] != base["links"]:
+                out.append(f"link or address left behind: {sorted(set(state['links']) ^ set(base['links']))}")
+            if state["firewall"] != self.baseline["firewall"]:
+                out.append("firewall rule left behind")
+            for pod in pods or [self.pod]:
+                if pod_link_names(pod) != ["lo"]:
+                    out.append(f"pod interface left behind in {pod}")
+        return out
+
+    def renew_pod(self) -> None:
+        self.lab.delete_netns(self.pod)
+        self.pod = self.lab.netns("pod")

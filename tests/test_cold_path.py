@@ -111,3 +111,39 @@ def test_benchmark_quick_run(tmp_path):
     assert "ADD" in proc.stdout and "warm/go" in proc.stdout
     after = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout.split())
     assert not {n for n in after - before if n.startswith("pycnib-")}, "the benchmark left namespaces behind"
+
+
+def test_the_daemons_lease_view_sees_every_change(tmp_path, monkeypatch):
+    """store.enable_cache(): leases come from memory, kept current by inotify - including changes
+    made behind the process's back (another plugin, the reference host-local, an operator)."""
+    import shutil
+
+    from pycni.ipam import allocator, store
+    from pycni.ipam.ranges import Range, RangeSet
+
+    monkeypatch.setattr(store, "_cache_enabled", True)
+    monkeypatch.setattr(store, "_watches", {})
+    rs = RangeSet.build([Range.build("10.99.0.0/24")], where="t")
+    net = tmp_path / "net"
+    net.mkdir()
+
+    def owners() -> dict[str, str | None]:
+        with store.DiskStore(str(tmp_path), "net") as st:
+            return {str(lease.ip): lease.container_id for lease in st.leases()}
+
+    with store.DiskStore(str(tmp_path), "net") as st:
+        ip = allocator.allocate([rs], [], st, "c1", "eth0")[0].address
+    assert owners() == {"10.99.0.2": "c1"} and ip == "10.99.0.2/24"
+    assert store._watches, "no inotify watch was set up"
+    (net / "10.99.0.9").write_text("foreign\r\neth0")  # a lease written by someone else
+    (net / "10.99.0.2").unlink()
+    (net / "10.99.0.2").write_text("c2\r\neth0")  # released and taken again by another container
+    assert owners() == {"10.99.0.2": "c2", "10.99.0.9": "foreign"}
+    (net / "10.99.0.9").write_text("")  # a crashed writer's empty file: reclaimed by the next ADD
+    with store.DiskStore(str(tmp_path), "net") as st:
+        allocator.allocate([rs], [], st, "c3", "eth0")
+    assert owners() == {"10.99.0.2": "c2", "10.99.0.3": "c3"}
+    shutil.rmtree(net)  # the directory replaced: the watch dies, the next open rescans
+    net.mkdir()
+    (net / "10.99.0.7").write_text("c7\r\neth0")
+    assert owners() == {"10.99.0.7": "c7"}

@@ -28,85 +28,7 @@ __all__ = ["bridge_run_dir_cleanup"]
 
 pytestmark = [needs_root, pytest.mark.root]
 
-V4, V6 = {"subnet": "10.88.0.0/24"}, {"subnet": "fd88::/64"}
-
-ADD_POINTS = {
-    "inproc": ["bridge.add.start", "bridge.add.bridge", "bridge.veth.created", "bridge.add.veth",
-               "bridge.add.spoofchk", "ipam.add.locked", "store.reserve.tmp", "store.reserve.link",
-               "store.reserve.cursor", "store.reserve.tmp#2", "store.reserve.link#2", "ipam.add.allocated",
-               "bridge.add.ipam", "bridge.add.pod", "bridge.add.gateway", "bridge.add.masq", "bridge.add.done"],
-    "exec": ["bridge.add.start", "bridge.add.bridge", "bridge.veth.created", "bridge.add.veth", "bridge.add.ipam",
-             "bridge.add.pod", "bridge.add.gateway", "bridge.add.masq", "bridge.add.done"],
-    "hl": ["ipam.add.locked", "store.reserve.tmp", "store.reserve.link", "store.reserve.cursor",
-           "store.reserve.tmp#2", "store.reserve.link#2", "store.reserve.cursor#2", "ipam.add.allocated"],
-}
-DEL_POINTS = {
-    "inproc": ["bridge.del.start", "bridge.del.veth", "ipam.del.locked", "store.release", "store.release#2",
-               "bridge.del.ipam", "bridge.del.masq"],
-    "exec": ["bridge.del.start", "bridge.del.veth", "bridge.del.ipam", "bridge.del.masq"],
-    "hl": ["ipam.del.locked", "store.release", "store.release#2"],
-}
-
-
-class Setup:
-    """One node namespace, one pod namespace (recreated when a test deletes it), one configuration."""
-
-    def __init__(self, lab: rel.Lab, variant: str) -> None:
-        self.lab, self.variant = lab, variant
-        self.node = lab.netns("node")
-        self.data = lab.tmp / variant / "ipam"
-        self.net_dir = self.data / "relnet"
-        if variant == "inproc":
-            self.plugin = "pycni"
-            self.conf = rel.bridge_conf(self.data, ranges=[[V4], [V6]], ipMasq=True, ipMasqBackend="nftables",
-                                        macspoofchk=True)
-        elif variant == "exec":
-            self.plugin = "pycni"
-            self.conf = rel.bridge_conf(self.data, version="1.0.0", ipam_type="host-local", ipMasq=True,
-                                        ipMasqBackend="iptables")
-        else:
-            self.plugin = "pycni-host-local"
-            self.conf = rel.hl_conf(self.data, ranges=[[V4], [V6]])
-        self.pod = lab.netns("pod")
-        cid = rel.new_cid("warm")
-        assert self.call("ADD", cid).returncode == 0
-        assert self.call("DEL", cid).returncode == 0
-        self.baseline = self.state()
-
-    @property
-    def bridged(self) -> bool:
-        return self.plugin == "pycni"
-
-    def call(self, command: str, cid: str | None, *, pod: str | None = None, fault: str | None = None,
-             conf: dict | None = None, kill_after: float | None = None) -> rel.Outcome:
-        pod = pod or self.pod
-        netns = rel.ns_path(pod) if command in ("ADD", "CHECK") else (rel.ns_path(pod) if cid else None)
-        extra = {"PYCNI_FAULT": fault} if fault else None
-        return rel.run(self.plugin, command, conf or self.conf, node=self.node, cid=cid, netns=netns,
-                       ifname="eth0" if cid else None, extra_env=extra, kill_after=kill_after)
-
-    def gc_all(self) -> rel.Outcome:
-        return self.call("GC", None, conf=rel.gc_conf(self.conf, []))
-
-    def state(self) -> dict:
-        out = {"store": rel.store_state(self.net_dir)}
-        if self.bridged:
-            out["links"] = rel.node_links(self.node)
-            out["firewall"] = rel.firewall(self.node)
-        return out
-
-    def assert_baseline(self, pods: list[str] | None = None) -> None:
-        state = self.state()
-        assert state["store"] == self.baseline["store"], "lease or temporary file left behind"
-        if self.bridged:
-            assert state["links"] == self.baseline["links"], "link or address left behind"
-            assert state["firewall"] == self.baseline["firewall"], "firewall rule left behind"
-            for pod in pods or [self.pod]:
-                assert rel.pod_link_names(pod) == ["lo"], "pod interface left behind"
-
-    def renew_pod(self) -> None:
-        self.lab.delete_netns(self.pod)
-        self.pod = self.lab.netns("pod")
+ADD_POINTS, DEL_POINTS, Setup = rel.ADD_POINTS, rel.DEL_POINTS, rel.CrashSetup
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +36,12 @@ def setups():
     lab = rel.Lab("pycnic")
     made: dict[str, Setup] = {}
     try:
-        yield lambda v: made.setdefault(v, Setup(lab, v))
+        def get(variant: str) -> Setup:
+            if variant not in made:
+                made[variant] = Setup(lab, variant)
+            return made[variant]
+
+        yield get
     finally:
         lab.cleanup()
 

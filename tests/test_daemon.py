@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import VENV_BIN
+from conftest import VENV_BIN, exec_plugin
 from test_bridge_support import Env, ips_of, needs_root, ns_path
 
 pytestmark = needs_root
@@ -35,6 +35,11 @@ class Daemon:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
         assert line.startswith("ready"), (line, log.read_text())
+
+    @property
+    def ns(self) -> str:
+        """The daemon's namespaces as the protocol names them (requests must come from the same)."""
+        return f"{os.stat(ns_path(self.node)).st_ino}:{os.stat('/proc/self/ns/pid').st_ino}"
 
     def served(self, container_id: str) -> int:
         """How many requests for this container ID the daemon has logged."""
@@ -102,10 +107,10 @@ def ask(sock_path: Path, payload: bytes, raw: bool = False) -> dict | None:
     return json.loads(data[4:]) if data else None
 
 
-def request(**over) -> bytes:
+def request(ns: str, **over) -> bytes:
     from pycni import __version__
 
-    req = {"proto": 1, "version": __version__, "plugin": "pycni", "env": {"CNI_COMMAND": "VERSION"},
+    req = {"proto": 1, "version": __version__, "plugin": "pycni", "ns": ns, "env": {"CNI_COMMAND": "VERSION"},
            "stdin": "eyJjbmlWZXJzaW9uIjogIjEuMC4wIn0="}
     req.update(over)
     return json.dumps(req).encode()
@@ -199,10 +204,19 @@ def test_no_daemon_or_a_stale_socket_falls_back_to_standalone(env, tmp_path):
 
 
 def test_a_daemon_of_another_version_is_not_used(daemon):
-    answer = ask(daemon.sock, request(version="0.0.0-other"))
+    answer = ask(daemon.sock, request(daemon.ns, version="0.0.0-other"))
     assert "refused" in answer and "version" in answer["refused"]
-    answer = ask(daemon.sock, request(proto=99))
+    answer = ask(daemon.sock, request(daemon.ns, proto=99))
     assert "refused" in answer and "protocol" in answer["refused"]
+
+
+def test_a_plugin_in_another_namespace_is_not_served(env, daemon):
+    """The daemon works on its own network namespace: a plugin run elsewhere must not use it."""
+    answer = ask(daemon.sock, request(f"1:{os.stat('/proc/self/ns/pid').st_ino}"))
+    assert "refused" in answer and "namespaces" in answer["refused"]
+    res = exec_plugin("pycni", "VERSION", {"cniVersion": "1.0.0"}, extra_env={"PYCNI_SOCKET": str(daemon.sock)})
+    assert res.returncode == 0 and json.loads(res.stdout)["cniVersion"] == "1.0.0"  # ran standalone, here
+    assert daemon.log.read_text().count("namespaces") == 2
 
 
 def test_config_key_and_env_turn_the_handoff_off(env, daemon):
@@ -282,13 +296,13 @@ def test_garbage_does_not_kill_the_daemon(daemon, payload):
         answer = None
     assert answer is None or "refused" in answer
     assert daemon.proc.poll() is None
-    answer = ask(daemon.sock, request())
+    answer = ask(daemon.sock, request(daemon.ns))
     assert json.loads(answer["stdout"])["cniVersion"] == "1.0.0"
 
 
 def test_bad_fields_are_refused(daemon):
     for over in ({"plugin": "bash"}, {"env": {"A": 1}}, {"env": []}, {"stdin": "***"}, {"stdin": 5}):
-        answer = ask(daemon.sock, request(**over))
+        answer = ask(daemon.sock, request(daemon.ns, **over))
         assert "refused" in answer, over
     assert daemon.proc.poll() is None
 
@@ -318,7 +332,7 @@ def test_socket_is_root_only_and_non_root_peers_are_refused(node, tmp_path):
         )
 
         def as_nobody() -> str:
-            proc = subprocess.run([sys.executable, "-c", code, str(daemon.sock), request().decode()],
+            proc = subprocess.run([sys.executable, "-c", code, str(daemon.sock), request(daemon.ns).decode()],
                                   capture_output=True, text=True, check=False)
             assert proc.returncode == 0, proc.stderr
             return proc.stdout.strip()
@@ -377,3 +391,84 @@ def test_the_shim_imports_nothing_heavy(env, daemon):
                    for m in imported), imported
     assert daemon.served(pod.cid) == 1
     env.delete(env.conf(), pod, **warm(daemon))
+
+
+# -- the optional native shim ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def native(tmp_path) -> Path:
+    """src/pycni/daemon/shim.c built for this venv, installed as pycni and pycni-host-local."""
+    import shutil
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    from pycni import __version__
+
+    out = tmp_path / "native"
+    out.mkdir()
+    src = Path(__file__).resolve().parent.parent / "src" / "pycni" / "daemon" / "shim.c"
+    subprocess.run([cc, "-O2", "-Wall", "-Werror", "-o", str(out / "pycni"), str(src),
+                    f'-DPYCNI_PYTHON="{sys.executable}"', f'-DPYCNI_VERSION="{__version__}"'], check=True)
+    (out / "pycni-host-local").symlink_to("pycni")
+    return out
+
+
+def run_native(native: Path, name: str, command: str, conf, pod=None, node: str | None = None, **env) -> tuple:
+    proc_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": command,
+                "CNI_PATH": f"{VENV_BIN}:/usr/lib/cni", **env}
+    if pod is not None:
+        proc_env.update(CNI_CONTAINERID=pod.cid, CNI_NETNS=pod.path, CNI_IFNAME=pod.ifname)
+    argv = [str(native / name)]
+    if node:
+        argv = ["nsenter", f"--net={ns_path(node)}", "--", *argv]
+    data = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
+    proc = subprocess.run(argv, input=data, env=proc_env, capture_output=True, timeout=60, check=False)
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+def test_native_shim_gives_the_python_answers(env, daemon, native):
+    conf = env.conf()
+    sock = {"PYCNI_SOCKET": str(daemon.sock)}
+    for stdin in (b'{"cniVersion": "0.4.0"}', b"not json", "{\"cniVersion\": \"1.0.0\", \"x\": \"\u00e9\u2603\U0001f600\"}".encode()):
+        rc, out, _ = run_native(native, "pycni", "VERSION", stdin, **sock)
+        py = exec_plugin("pycni", "VERSION", stdin, extra_env=sock)
+        assert (rc, out) == (py.returncode, py.stdout)
+    pod = env.pod()
+    rc, out, _ = run_native(native, "pycni", "ADD", conf, pod, env.node, **sock)
+    assert rc == 0, out
+    result = json.loads(out)
+    assert ips_of(result) == ["10.77.0.2/24"]
+    rc, out, err = run_native(native, "pycni", "ADD", conf, pod, env.node, **sock)  # exists: an error
+    assert rc == 1 and json.loads(out)["code"] == 101 and "pycni failed: code 101" in err
+    rc, out, _ = run_native(native, "pycni", "CHECK", dict(conf, prevResult=result), pod, env.node, **sock)
+    assert (rc, out) == (0, "")
+    rc, out, _ = run_native(native, "pycni", "DEL", conf, pod, env.node, **sock)
+    assert (rc, out) == (0, "")
+    assert daemon.served(pod.cid) == 4
+    assert env.leases() == []
+
+
+def test_native_shim_falls_back_to_the_python_plugin(env, daemon, native, tmp_path):
+    conf, pod = env.conf(), env.pod()
+    missing = {"PYCNI_SOCKET": str(tmp_path / "none.sock")}
+    rc, out, _ = run_native(native, "pycni", "ADD", conf, pod, env.node, **missing)  # stdin reaches Python
+    assert rc == 0 and ips_of(json.loads(out)) == ["10.77.0.2/24"]
+    rc, out, _ = run_native(native, "pycni", "DEL", conf, pod, env.node, PYCNI_SOCKET=str(daemon.sock),
+                            PYCNI_NO_DAEMON="1")
+    assert (rc, out) == (0, "")
+    assert daemon.served(pod.cid) == 0
+    # a daemon of another version refuses: the shim runs the verb itself
+    other = tmp_path / "other"
+    other.mkdir()
+    src = Path(__file__).resolve().parent.parent / "src" / "pycni" / "daemon" / "shim.c"
+    subprocess.run(["cc", "-O2", "-o", str(other / "pycni-host-local"), str(src),
+                    f'-DPYCNI_PYTHON="{sys.executable}"', '-DPYCNI_VERSION="0.0.0-other"'], check=True)
+    net = {"cniVersion": "1.0.0", "name": "testnet", "type": "pycni-host-local", "ipam": conf["ipam"]}
+    rc, out, _ = run_native(other, "pycni-host-local", "ADD", net, pod, env.node, PYCNI_SOCKET=str(daemon.sock))
+    assert rc == 0 and json.loads(out)["ips"][0]["address"] == "10.77.0.3/24"  # round robin: after .2
+    assert daemon.served(pod.cid) == 0 and "refused a request" in daemon.log.read_text()
+    rc, out, _ = run_native(native, "pycni-host-local", "DEL", net, pod, env.node, PYCNI_SOCKET=str(daemon.sock))
+    assert (rc, out) == (0, "") and daemon.served(pod.cid) == 1
+    assert env.leases() == []

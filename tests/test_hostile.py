@@ -21,7 +21,6 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import reliability as rel
@@ -59,6 +58,10 @@ class World:
         fifo = self.root / "fifo"
         os.mkfifo(fifo)
         self.fifo = str(fifo)
+        # a dataDir that is a symlink, and a dataDir whose network directory is one (both to "victim")
+        (self.root / "ipam-link").symlink_to(self.victim)
+        (self.root / "ipam-netlink").mkdir()
+        (self.root / "ipam-netlink" / NET).symlink_to(self.victim)
 
     def conf(self, bridge: str = "hbr0", version: str = "1.1.0", **keys) -> dict:
         conf = {"cniVersion": version, "name": NET, "type": "pycni", "bridge": bridge, "isGateway": True,
@@ -125,17 +128,11 @@ def prev_live(w: World) -> dict:
     return w.live_result
 
 
-def symlinked_data_dir(w: World) -> None:
-    link = w.root / "ipam-link"
-    if not link.is_symlink():
-        link.symlink_to(w.victim)
-
-
-def symlinked_network_dir(w: World) -> None:
-    base = w.root / "ipam-netlink"
-    base.mkdir(exist_ok=True)
-    if not (base / NET).is_symlink():
-        (base / NET).symlink_to(w.victim)
+def sandbox_moved(w: World, path: str) -> dict:
+    """The live attachment's result, its container interface claiming to be in `path`."""
+    result = json.loads(json.dumps(w.live_result))
+    result["interfaces"][2]["sandbox"] = path
+    return result
 
 
 def gc(items) -> Callable[[World], dict]:
@@ -190,8 +187,8 @@ CASES: dict[str, Case] = {
     "netns-mount-namespace": P(4, netns="/proc/self/ns/mnt"),
     "netns-dev-null": P(4, netns="/dev/null"),
     "netns-fifo": P(4, netns="@fifo"),
-    "CHECK-netns-regular-file": P(4, lambda w: w.conf(bridge="cni0", prevResult=w.live_result), "CHECK",
-                                  netns="/etc/hostname", **LIVE),
+    "CHECK-netns-regular-file": P(4, lambda w: w.conf(bridge="cni0", prevResult=sandbox_moved(w, "/etc/hostname")),
+                                  "CHECK", netns="/etc/hostname", **LIVE),
     # -- CNI_ARGS (4) --
     "args-junk": P(4, args="junk"),
     "args-a=b=c": P(4, args="a=b=c"),
@@ -227,7 +224,7 @@ CASES: dict[str, Case] = {
     "disableContainerInterface-with-ipam": P(7, conf(disableContainerInterface=True)),
     "ipMasqBackend-bogus": P(7, conf(ipMasqBackend="ebtables")),
     "isGateway-not-a-bool": P(7, conf(isGateway="maybe")),
-    "capabilities-not-bools": P(7, conf(capabilities={"portMappings": "yes"})),
+    "capabilities-not-bools": P(7, conf(capabilities={"portMappings": "sometimes"})),
     "dns-not-an-object": P(7, conf(dns="8.8.8.8")),
     "runtimeConfig-mac-garbage": P(7, conf(runtimeConfig={"mac": "not-a-mac"})),
     "args-cni-mac-multicast": P(7, conf(args={"cni": {"mac": "01:00:5e:00:00:01"}})),
@@ -246,11 +243,9 @@ CASES: dict[str, Case] = {
     "dataDir-dotdot": P(7, lambda w: w.conf(ipam=dict(w.conf()["ipam"], dataDir=f"{w.data}/../victim"))),
     # -- found only when the store opens or the delegate runs: complete rollback (cni0) --
     "dataDir-symlink": P(5, lambda w: w.conf(bridge="cni0", ipam=dict(w.conf()["ipam"],
-                                                                       dataDir=str(w.root / "ipam-link"))),
-                         setup=symlinked_data_dir),
+                                                                       dataDir=str(w.root / "ipam-link")))),
     "network-dir-symlink": P(5, lambda w: w.conf(bridge="cni0", ipam=dict(w.conf()["ipam"],
-                                                                           dataDir=str(w.root / "ipam-netlink"))),
-                             setup=symlinked_network_dir),
+                                                                           dataDir=str(w.root / "ipam-netlink")))),
     "ipam-plugin-missing": P(104, lambda w: w.conf(bridge="cni0", ipam=dict(w.conf()["ipam"], type="nosuchipam"))),
     "duplicate-attachment": P(101, live(), **LIVE),
     # -- prevResult (6 garbage, 7 not an object, 105 another version's result that does not match) --
@@ -274,11 +269,9 @@ CASES: dict[str, Case] = {
     "hl-name-NUL": H(7, lambda w: dict(w.hl_conf(), name="hnet\x00")),
     "hl-name-newline": H(7, lambda w: dict(w.hl_conf(), name="hnet\nx")),
     "hl-dataDir-NUL": H(7, lambda w: w.hl_conf(dataDir=f"{w.data}\x00x")),
-    "hl-dataDir-symlink": H(5, lambda w: w.hl_conf(dataDir=str(w.root / "ipam-link")), setup=symlinked_data_dir),
-    "hl-network-dir-symlink": H(5, lambda w: w.hl_conf(dataDir=str(w.root / "ipam-netlink")),
-                                setup=symlinked_network_dir),
-    "hl-DEL-network-dir-symlink": H(5, lambda w: w.hl_conf(dataDir=str(w.root / "ipam-netlink")), "DEL",
-                                    setup=symlinked_network_dir),
+    "hl-dataDir-symlink": H(5, lambda w: w.hl_conf(dataDir=str(w.root / "ipam-link"))),
+    "hl-network-dir-symlink": H(5, lambda w: w.hl_conf(dataDir=str(w.root / "ipam-netlink"))),
+    "hl-DEL-network-dir-symlink": H(5, lambda w: w.hl_conf(dataDir=str(w.root / "ipam-netlink")), "DEL"),
     "hl-subnet-int": H(7, hipam(ranges=[[{"subnet": 5}]])),
     "hl-rangeEnd-garbage": H(7, hipam(ranges=[[dict(V4, rangeEnd="x")]])),
     "hl-gateway-garbage": H(7, hipam(ranges=[[dict(V4, gateway="10.99.0.300")]])),
@@ -326,7 +319,16 @@ def test_hostile(world: World, name: str):
     if env["netns"] == "@fifo":
         env["netns"] = world.fifo
     stdin = case.stdin(world)
-    res = rel.run(case.plugin, case.command, stdin, node=world.node, **env)
+    try:
+        res = rel.run(case.plugin, case.command, stdin, node=world.node, **env)
+        _check(world, case, stdin, res, before)
+    finally:
+        if world.state() != before:  # keep the next cases independent of this failure
+            rel.run("pycni", "DEL", world.conf(), node=world.node, cid=env["cid"], netns=env["netns"])
+            rel.sh("ip", "link", "del", "hbr0", ns=world.node, check=False)
+
+
+def _check(world: World, case: Case, stdin, res: rel.Outcome, before: dict) -> None:
 
     assert "Traceback" not in res.stderr, res.stderr[-2000:]
     assert res.returncode not in (0, -9), (res.returncode, res.stdout, res.stderr[-500:])

@@ -174,11 +174,11 @@ def _daemon_allowed(environ: dict[str, str], stdin: bytes) -> bool:
     return True
 
 
-def _main(plugin: str) -> None:
+def _main(plugin: str, handoff: bool = True) -> None:
     # Read one byte past the limit so an oversized configuration is detected, not truncated.
     stdin = sys.stdin.buffer.read(MAX_STDIN + 1) if sys.stdin is not None else b""
     environ = dict(os.environ)
-    if _daemon_allowed(environ, stdin):
+    if handoff and _daemon_allowed(environ, stdin):
         from .daemon import client
 
         answer = client.call(plugin, environ, stdin)
@@ -240,3 +240,11 @@ def main_bridge(argv: list[str] | None = None) -> None:
 
 def main_host_local() -> None:
     _main("pycni-host-local")
+
+
+def run_standalone(plugin: str) -> None:
+    """The verb in this process, no daemon handoff: what the native shim (pycni/daemon/shim.c) execs
+    when the daemon cannot serve a request it has already tried."""
+    if plugin not in PLUGINS:
+        raise SystemExit(f"unknown plugin {plugin!r}")
+    _main(plugin, handoff=False)

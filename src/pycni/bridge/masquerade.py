@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -74,27 +75,27 @@ def key_of(tag: str) -> str:
     return tag.split(" ", 1)[0].partition(":")[2]
 
 
-_lock_fd: int | None = None  # the firewall lock, while held
+_held = threading.local()  # .fd: the firewall lock while this thread holds it (the daemon is threaded)
 
 
 @contextlib.contextmanager
 def locked() -> Iterator[None]:
-    global _lock_fd
     os.makedirs(LOCK_DIR, mode=0o755, exist_ok=True)
     fd = os.open(os.path.join(LOCK_DIR, "firewall.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        _lock_fd = fd
+        _held.fd = fd
         yield
     finally:
-        _lock_fd = None
+        _held.fd = None
         os.close(fd)
 
 
 def _run(argv: list[str], stdin: str | None = None, what: str = "") -> subprocess.CompletedProcess:
     # The child inherits the held lock: if the plugin is killed while nft/iptables runs, the lock
     # stays held until that child is done, so the next DEL or GC sees its work and cannot race it.
-    held = (_lock_fd,) if _lock_fd is not None else ()
+    fd = getattr(_held, "fd", None)
+    held = (fd,) if fd is not None else ()
     try:
         proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=_TIMEOUT, check=False,
                               pass_fds=held)

@@ -5,12 +5,15 @@ Protocol (one request per connection, over a root-only unix socket, default /run
 both directions are one frame, a 4-byte big-endian length followed by that many bytes of UTF-8 JSON.
 
   request  {"proto": 1, "version": "<pycni version>", "plugin": "pycni" | "pycni-host-local",
-            "env": {the caller's whole environment}, "stdin": "<base64 of stdin>"}
+            "ns": "<net ns inode>:<pid ns inode>", "env": {the caller's whole environment},
+            "stdin": "<base64 of stdin>"}
   answer   {"status": <exit status>, "stdout": "<the one document, or empty>", "stderr": "<logs>"}
       or   {"refused": "<why>"}  - nothing was done: the client runs the verb itself.
 
 The daemon refuses a request from a peer that is not root (SO_PEERCRED), of another protocol or
-pycni version (so an upgrade never mixes an old daemon with a new plugin), and any request it cannot
+pycni version (so an upgrade never mixes an old daemon with a new plugin), from another network or
+PID namespace than its own (the plugin works on the network namespace it runs in, and a CNI_NETNS
+like /proc/<pid>/ns/net names a process of the caller's PID namespace), and any request it cannot
 parse. This package's __init__ and client import nothing heavy: they run in every exec'd plugin.
 """
 
@@ -18,3 +21,11 @@ PROTOCOL = 1
 DEFAULT_SOCKET = "/run/pycni/pycni.sock"
 SOCKET_ENV = "PYCNI_SOCKET"  # overrides DEFAULT_SOCKET (tests, benchmarks, unusual layouts)
 MAX_FRAME = 4 << 20  # a request carries at most 1 MiB of stdin (base64) plus the environment
+
+
+def namespaces() -> str:
+    """"<net ns inode>:<pid ns inode>" of the calling thread: a request is served only by a daemon
+    in the same network and PID namespaces as the plugin that hands it over."""
+    import os
+
+    return f"{os.stat('/proc/thread-self/ns/net').st_ino}:{os.stat('/proc/thread-self/ns/pid').st_ino}"

@@ -17,7 +17,7 @@ import binascii
 import os
 
 from .. import __version__
-from . import DEFAULT_SOCKET, MAX_FRAME, PROTOCOL, SOCKET_ENV
+from . import DEFAULT_SOCKET, MAX_FRAME, PROTOCOL, SOCKET_ENV, namespaces
 
 CONNECT_TIMEOUT = 0.5  # seconds: a unix socket connects at once or not at all
 REPLY_TIMEOUT_ENV = "PYCNI_DAEMON_TIMEOUT"
@@ -101,7 +101,7 @@ def call(plugin: str, environ: dict[str, str], stdin: bytes) -> tuple[int, str, 
             sock.connect(path)
         except OSError:
             return None  # no daemon (no socket, a stale socket, not allowed): standalone
-        request = _encode({"proto": PROTOCOL, "version": __version__, "plugin": plugin, "env": environ,
+        request = _encode({"proto": PROTOCOL, "version": __version__, "plugin": plugin, "ns": namespaces(), "env": environ,
                            "stdin": binascii.b2a_base64(stdin, newline=False).decode("ascii")})
         try:
             timeout = float(environ.get(REPLY_TIMEOUT_ENV) or DEFAULT_REPLY_TIMEOUT)

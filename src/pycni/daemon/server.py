@@ -40,7 +40,7 @@ import threading
 import time
 
 from .. import __version__, cli
-from . import DEFAULT_SOCKET, MAX_FRAME, PROTOCOL, SOCKET_ENV
+from . import DEFAULT_SOCKET, MAX_FRAME, PROTOCOL, SOCKET_ENV, namespaces
 
 REQUEST_TIMEOUT = 10.0  # seconds to receive a whole request once connected
 log = logging.getLogger("pycnid")  # not under "pycni": those handlers belong to requests
@@ -59,7 +59,9 @@ def preload() -> None:
     import pycni.spec.request
     import pycni.spec.result  # noqa: F401
     from pycni.bridge import links
+    from pycni.ipam import store
 
+    store.enable_cache()  # lease directories stay in memory (inotify): ADD cost independent of the pool
     links._ipr()  # the first IPRoute loads pyroute2's message classes
     links.close()
     cli.run("pycni", {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.1.0"}', stderr=io.StringIO())
@@ -82,7 +84,7 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_request(conn: socket.socket) -> tuple[str, dict[str, str], bytes]:
+def read_request(conn: socket.socket, ns: str = "") -> tuple[str, dict[str, str], bytes]:
     """One framed request, validated: (plugin, environment, stdin). Refused on anything odd."""
     size = int.from_bytes(_recv_exact(conn, 4), "big")
     if size == 0 or size > MAX_FRAME:
@@ -97,6 +99,8 @@ def read_request(conn: socket.socket) -> tuple[str, dict[str, str], bytes]:
         raise Refused(f"protocol {req.get('proto')!r}, this daemon speaks {PROTOCOL}")
     if req.get("version") != __version__:
         raise Refused(f"pycni version {req.get('version')!r}, this daemon runs {__version__}")
+    if ns and req.get("ns") != ns:
+        raise Refused(f"the plugin runs in namespaces {req.get('ns')!r} (net:pid), this daemon in {ns}")
     plugin, env, data = req.get("plugin"), req.get("env"), req.get("stdin")
     if plugin not in cli.PLUGINS:
         raise Refused(f"unknown plugin {plugin!r}")
@@ -126,6 +130,7 @@ class Server:
         self.served = 0
         self.lock = threading.Lock()
         self.sock: socket.socket | None = None
+        self.ns = namespaces()  # the daemon's network and PID namespaces (request threads return to them)
         self._inode: tuple[int, int] | None = None
 
     # -- socket -------------------------------------------------------------------------------------
@@ -186,15 +191,37 @@ class Server:
                 log.warning("accept failed: %s", exc)
                 time.sleep(0.05)
                 continue
-            self.slots.acquire()
-            with self.lock:
-                self.active += 1
+            self._spawn(conn)
+        self._refuse_backlog()
+
+    def _spawn(self, conn: socket.socket) -> None:
+        self.slots.acquire()
+        with self.lock:
+            self.active += 1
+        try:
+            threading.Thread(target=self._handle, args=(conn,), name="pycni-request", daemon=True).start()
+        except RuntimeError as exc:  # cannot start a thread: answer nothing, the client retries
+            log.error("cannot start a request thread: %s", exc)
+            conn.close()
+            self._done()
+
+    def _refuse_backlog(self) -> None:
+        """Stopping: remove the socket first (a new client then finds no daemon and runs the verb
+        itself), then answer every connection already queued with a refusal - closing the listening
+        socket with them queued would reset them, and their clients could not tell that nothing was
+        done - and close."""
+        assert self.sock is not None
+        self.unlink()
+        self.sock.setblocking(False)
+        while True:
             try:
-                threading.Thread(target=self._handle, args=(conn,), name="pycni-request", daemon=True).start()
-            except RuntimeError as exc:  # cannot start a thread: answer nothing, the client retries
-                log.error("cannot start a request thread: %s", exc)
-                conn.close()
-                self._done()
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            conn.setblocking(True)
+            self._spawn(conn)  # _handle refuses: self.stopping is set
         self.sock.close()
 
     def _done(self) -> None:
@@ -210,7 +237,7 @@ class Server:
                 uid = _peer_uid(conn)
                 if uid != 0:
                     raise Refused(f"peer uid {uid} is not root")
-                plugin, env, stdin = read_request(conn)
+                plugin, env, stdin = read_request(conn, self.ns)
                 if self.stopping.is_set():
                     raise Refused("the daemon is stopping")
             except Refused as exc:
@@ -299,5 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.drain()
         server.unlink()
+        # Python restores the default SIGTERM action while it shuts down: a second SIGTERM from an
+        # impatient supervisor must not turn a clean exit into "killed by signal".
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     log.info("stopped after %d request(s)", server.served)
     return 0

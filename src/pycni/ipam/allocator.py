@@ -54,7 +54,9 @@ def allocate(range_sets: Iterable[RangeSet], requested: Iterable[IPAddress], sto
              container_id: str, ifname: str) -> list[IPConfig]:
     sets = list(range_sets)
     leases = _reclaim_empty(store, store.leases())
-    used = {lease.ip for lease in leases}
+    used: dict[int, set[int]] = {4: set(), 6: set()}  # per family, as integers: what _reserve_next compares
+    for lease in leases:
+        used[lease.ip.version].add(int(lease.ip))
     # Everything that can be decided without writing is decided first: a request that cannot succeed
     # leaves no trace, not even an advanced round-robin cursor (which a reserve-then-release would).
     wanted = _match_requested(sets, list(requested), owned_by(leases, container_id, ifname), container_id, ifname)
@@ -66,7 +68,7 @@ def allocate(range_sets: Iterable[RangeSet], requested: Iterable[IPAddress], sto
             if want is not None:
                 ip = _reserve_requested(rset, want, idx, store, container_id, ifname)
             else:
-                ip = _reserve_next(rset, idx, used, store, container_id, ifname)
+                ip = _reserve_next(rset, idx, used[rset.family], store, container_id, ifname)
             reserved.append(ip)
             rng = rset.range_for(ip)
             assert rng is not None
@@ -113,12 +115,11 @@ def _reserve_requested(rset: RangeSet, ip: IPAddress, idx: int, store: Store, ci
     return ip
 
 
-def _reserve_next(rset: RangeSet, idx: int, used: set, store: Store, cid: str, ifname: str) -> IPAddress:
+def _reserve_next(rset: RangeSet, idx: int, used: set[int], store: Store, cid: str, ifname: str) -> IPAddress:
     # Addresses known to be taken are skipped without touching the disk, so the cost of an ADD does
     # not grow with the number of leases held near the cursor.
-    taken = {int(ip) for ip in used}
     for value, rng in rset.candidate_ints(store.last_reserved(idx)):
-        if value in taken:
+        if value in used:
             continue
         ip = type(rng.start)(value)
         if store.reserve(ip, cid, ifname, idx):

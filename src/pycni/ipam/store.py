@@ -61,9 +61,75 @@ def _parse_ip(name: str) -> IPAddress | None:
     return ip if str(ip) == name else None  # only canonical names are leases
 
 
-# network directory -> lease file name -> ((inode, size, mtime_ns, ctime_ns), Lease), see leases().
-# Only read and written under that directory's lock.
+# -- a long-lived process's view of a network directory (the daemon; see docs/performance.md) ------------
+#
+# An exec'd plugin reads every lease file on each ADD, as the reference does (GetByID). A daemon keeps
+# what it has read: an inotify watch on the directory reports every name created, written, renamed or
+# removed - by this process, by a standalone pycni, by the reference host-local - and only those are
+# read again, so an ADD costs the same with 1,000 leases held as with none. The events of everything
+# done before we took the lock are queued when we read them: every writer holds the lock, and inotify
+# queues an event during the system call that causes it. A full rescan happens when the queue
+# overflowed, the watch went away or the directory was replaced. Without inotify (watch limits), a
+# cache keyed by each file's (inode, size, mtime, ctime) is used: one fstatat per lease.
+_cache_enabled = False
+_watches: dict[str, _Watch] = {}
+# network directory -> lease file name -> ((inode, size, mtime_ns, ctime_ns), Lease): the fallback cache.
 _seen: dict[str, dict[str, tuple[tuple[int, int, int, int], Lease]]] = {}
+
+
+def enable_cache() -> None:
+    """Keep lease directories in memory between requests (the daemon calls this once)."""
+    global _cache_enabled
+    _cache_enabled = True
+
+
+class _Watch:
+    """inotify on one network directory, and the names it holds (None for non-lease names)."""
+
+    MASK = 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800  # modify..move_self
+    RESCAN = 0x400 | 0x800 | 0x2000 | 0x4000 | 0x8000  # delete/move self, unmount, overflow, ignored
+    _libc = None
+
+    def __init__(self, dir_fd: int) -> None:
+        import ctypes
+
+        if _Watch._libc is None:
+            _Watch._libc = ctypes.CDLL(None, use_errno=True)
+        self.ino = os.fstat(dir_fd).st_ino
+        self.fd = _Watch._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        wd = _Watch._libc.inotify_add_watch(self.fd, f"/proc/self/fd/{dir_fd}".encode(), self.MASK | 0x01000000)
+        if wd < 0:
+            err = ctypes.get_errno()
+            os.close(self.fd)
+            raise OSError(err, "inotify_add_watch")
+        self.names: dict[str, Lease | None] | None = None  # None: scan the directory
+        self.dirty: set[str] = set()
+        self.dead = False
+
+    def sync(self) -> None:
+        """Take in the queued events: names to read again, or a rescan."""
+        import struct
+
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return
+            pos = 0
+            while pos + 16 <= len(data):
+                _wd, mask, _cookie, size = struct.unpack_from("iIII", data, pos)
+                name = data[pos + 16 : pos + 16 + size].rstrip(b"\0").decode(errors="surrogateescape")
+                pos += 16 + size
+                if mask & self.RESCAN:
+                    self.names = None
+                    self.dead = self.dead or bool(mask & (0x400 | 0x800 | 0x2000 | 0x8000))
+                elif name:
+                    self.dirty.add(name)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 class DiskStore:
@@ -76,6 +142,7 @@ class DiskStore:
         self._create = create
         self._dir_fd: int | None = None
         self._lock_fd: int | None = None
+        self._watch: _Watch | None = None
 
     # -- opening and locking ------------------------------------------------------------------------------
 
@@ -90,6 +157,7 @@ class DiskStore:
         self.close()
 
     def open(self) -> None:
+        self._watch: _Watch | None = None
         try:
             if self._create:
                 os.makedirs(self.data_dir, mode=0o755, exist_ok=True)
@@ -110,6 +178,8 @@ class DiskStore:
         except OSError as exc:
             self.close()
             raise _io_error("open the IPAM store", self.path, exc) from None
+        if _cache_enabled:
+            self._watch = self._watched()
         self._sweep_temporaries()
 
     @staticmethod
@@ -131,8 +201,58 @@ class DiskStore:
             raise RuntimeError("store is not open")
         return self._dir_fd
 
+    def _watched(self) -> _Watch | None:
+        """This directory's watch, up to date (a new one if it died or the directory was replaced)."""
+        watch = _watches.get(self.path)
+        if watch is not None and (watch.dead or watch.ino != os.fstat(self.dir_fd).st_ino):
+            watch.close()
+            del _watches[self.path]
+            watch = None
+        if watch is None:
+            try:
+                watch = _watches[self.path] = _Watch(self.dir_fd)
+            except OSError:
+                return None  # no inotify here: the stat cache of leases() does the job
+        watch.sync()
+        if watch.dead:
+            watch.close()
+            del _watches[self.path]
+            return None
+        return watch
+
+    def _names(self) -> dict[str, Lease | None]:
+        """The directory's names, read again only where events said so (the caller holds the lock)."""
+        watch = self._watch
+        assert watch is not None
+        watch.sync()
+        names = watch.names
+        if names is None:
+            watch.dirty.clear()
+            names = {}
+            for entry in os.scandir(self.dir_fd):
+                ip = _parse_ip(entry.name)
+                names[entry.name] = self._lease(ip, entry.name) if ip is not None else None
+            watch.names = names
+            return names
+        for name in watch.dirty:
+            try:
+                os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                names.pop(name, None)
+                continue
+            except OSError:
+                pass  # exists but cannot be looked at: _lease records it as unreadable
+            ip = _parse_ip(name)
+            names[name] = self._lease(ip, name) if ip is not None else None
+        watch.dirty.clear()
+        return names
+
     def _sweep_temporaries(self) -> None:
         """Temporary files seen while we hold the lock belong to writers that died: remove them."""
+        if self._watch is not None:
+            for name in [n for n in self._names() if n.startswith(TMP_PREFIX)]:
+                self._unlink(name)
+            return
         for entry in os.scandir(self.dir_fd):
             if entry.name.startswith(TMP_PREFIX):
                 self._unlink(entry.name)
@@ -155,10 +275,19 @@ class DiskStore:
             os.close(fd)
 
     def leases(self) -> list[Lease]:
-        """Every lease file, parsed. A lease file is written once and then only removed, so what this
-        process has read is kept (`_seen`) and reused while the file's inode, size, mtime and ctime
-        are unchanged: one fstatat per lease instead of open/fstat/read/close and parsing, which
-        keeps an ADD in the daemon flat however many leases the network holds."""
+        """Every lease file, parsed (in the daemon: from its in-memory view, see _Watch)."""
+        if self._watch is not None:
+            return [lease for lease in self._names().values() if lease is not None]
+        if not _cache_enabled:
+            out = []
+            for entry in os.scandir(self.dir_fd):
+                ip = _parse_ip(entry.name)
+                if ip is None:
+                    continue  # lock, last_reserved_ip.N, temporaries
+                out.append(self._lease(ip, entry.name))
+            return out
+        # Fallback cache: a lease file is written once and then only removed, so what was read is
+        # reused while the file's inode, size, mtime and ctime are unchanged (one fstatat per lease).
         seen = _seen.get(self.path, {})
         fresh: dict[str, tuple[tuple[int, int, int, int], Lease]] = {}
         out = []
@@ -225,7 +354,13 @@ class DiskStore:
                 return False
             finally:
                 self._unlink(tmp)
-            self._replace(f"{LAST_RESERVED_PREFIX}{range_id}", str(ip).encode())
+            try:
+                self._replace(f"{LAST_RESERVED_PREFIX}{range_id}", str(ip).encode())
+            except OSError:
+                # the disk is full (or went read-only) after the lease was linked: take the lease
+                # back, so the failed ADD leaves nothing behind (the reference would keep it)
+                self.release(ip)
+                raise
             faults.point("store.reserve.cursor")
         except OSError as exc:
             raise _io_error("write a lease in", self.path, exc) from None
