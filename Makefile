@@ -10,7 +10,7 @@ BUILD       ?= build
 CNITOOL     := $(BUILD)/bin/pycni-cnitool
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv build install uninstall test test-unit test-agent test-cluster kind-e2e check demo clean bundle
+.PHONY: all deps venv build install uninstall test test-unit test-agent test-cluster kind-e2e check demo clean bundle stress
 
 all: venv build
 
@@ -69,6 +69,11 @@ test-cluster: deps venv
 
 kind-e2e: bundle
 	bash integration/kind/run-e2e.sh
+
+# Reliability at scale (docs/reliability.md): crash sweep + a 5,000-operation storm with SIGKILLs; root.
+STRESS_ARGS ?=
+stress: venv
+	$(VPY) integration/stress.py $(STRESS_ARGS)
 
 test-unit: venv
 	$(VPY) -m pytest -q tests/test_spec_unit.py
