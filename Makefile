@@ -9,8 +9,9 @@ PYCNI_HOME  ?= /opt/pycni
 BUILD       ?= build
 CNITOOL     := $(BUILD)/bin/pycni-cnitool
 PYTEST_ARGS ?=
+NATIVE_SHIM ?= 0   # 1: the installed executables are a ~1 ms C shim in front of the daemon
 
-.PHONY: all deps venv build install uninstall test test-unit test-agent test-cluster kind-e2e check demo clean bundle stress
+.PHONY: all deps venv build install uninstall test test-unit test-agent test-cluster kind-e2e check demo clean bundle stress bench
 
 all: venv build
 
@@ -51,6 +52,15 @@ install:
 	    > $(CNI_BIN_DIR)/$$exe.tmp && chmod 0755 $(CNI_BIN_DIR)/$$exe.tmp && mv $(CNI_BIN_DIR)/$$exe.tmp $(CNI_BIN_DIR)/$$exe; \
 	  echo "installed $(CNI_BIN_DIR)/$$exe"; \
 	done
+	@if [ "$(NATIVE_SHIM)" = 1 ]; then \
+	  v=$$($(PYCNI_HOME)/bin/python -I -c 'import pycni; print(pycni.__version__)') || exit 1; \
+	  mkdir -p $(BUILD) && cc -O2 -o $(BUILD)/pycni-shim src/pycni/daemon/shim.c \
+	    -DPYCNI_PYTHON='"$(abspath $(PYCNI_HOME))/bin/python"' -DPYCNI_VERSION="\"$$v\"" || exit 1; \
+	  for exe in pycni pycni-host-local; do \
+	    install -m 0755 $(BUILD)/pycni-shim $(CNI_BIN_DIR)/$$exe.tmp && mv $(CNI_BIN_DIR)/$$exe.tmp $(CNI_BIN_DIR)/$$exe; \
+	    echo "installed $(CNI_BIN_DIR)/$$exe (native shim)"; \
+	  done; \
+	fi
 
 uninstall:
 	rm -f $(CNI_BIN_DIR)/pycni $(CNI_BIN_DIR)/pycni-host-local
@@ -69,6 +79,10 @@ test-cluster: deps venv
 
 kind-e2e: bundle
 	bash integration/kind/run-e2e.sh
+
+# pycni against the Go reference plugins, same machine, same run (docs/performance.md); as root.
+bench: venv build
+	$(VPY) bench/bench.py
 
 # Reliability at scale (docs/reliability.md): crash sweep + a 5,000-operation storm with SIGKILLs; root.
 STRESS_ARGS ?=
