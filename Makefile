@@ -9,7 +9,8 @@ PYCNI_HOME  ?= /opt/pycni
 BUILD       ?= build
 CNITOOL     := $(BUILD)/bin/pycni-cnitool
 PYTEST_ARGS ?=
-NATIVE_SHIM ?= 0   # 1: the installed executables are a ~1 ms C shim in front of the daemon
+# NATIVE_SHIM=1: the installed executables are a ~1 ms C shim in front of the daemon
+NATIVE_SHIM ?= 0
 
 .PHONY: all deps venv build install uninstall test test-unit test-agent test-cluster kind-e2e check demo clean bundle stress bench
 
@@ -93,7 +94,7 @@ test-unit: venv
 	$(VPY) -m pytest -q tests/test_spec_unit.py
 
 check: venv
-	$(VPY) -m ruff check src tests
+	$(VPY) -m ruff check src tests integration bench
 
 # The main job, end to end: node namespace, pods, ADD through libcni, connectivity, CHECK, DEL, cleanup.
 demo: deps venv build

@@ -238,5 +238,5 @@ def _sent_version(stdin: bytes) -> str | None:
         return None
     try:
         return json.loads(stdin).get("cniVersion")
-    except Exception:
+    except (ValueError, AttributeError, RecursionError):  # not JSON, or not an object: no version sent
         return None

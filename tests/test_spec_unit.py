@@ -4,8 +4,8 @@ in-memory store)."""
 
 from __future__ import annotations
 
-import json
 import ipaddress
+import json
 
 import pytest
 

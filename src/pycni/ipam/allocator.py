@@ -16,7 +16,8 @@ The caller holds the store lock for the whole call.
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Protocol
+from collections.abc import Iterable
+from typing import Protocol
 
 from ..spec.errors import ADDRESS_EXHAUSTED, ADDRESS_UNAVAILABLE, CNIError
 from ..spec.result import IPConfig

@@ -10,8 +10,8 @@ address (IPv4: broadcast excluded), /31 and /32 (/127, /128) refused, no overlap
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from ..spec.errors import INVALID_CONFIG, CNIError
 
@@ -38,7 +38,7 @@ class Range:
 
     @classmethod
     def build(cls, subnet: object, start: object = None, end: object = None, gateway: object = None,
-              where: str = "range") -> "Range":
+              where: str = "range") -> Range:
         if not isinstance(subnet, str) or not subnet:
             raise CNIError(INVALID_CONFIG, f"{where}: subnet is required", repr(subnet)[:100])
         try:
@@ -68,7 +68,7 @@ class Range:
     def contains(self, ip: IPAddress) -> bool:
         return ip.version == self.subnet.version and self.start <= ip <= self.end
 
-    def overlaps(self, other: "Range") -> bool:
+    def overlaps(self, other: Range) -> bool:
         return (self.subnet.version == other.subnet.version
                 and self.start <= other.end and other.start <= self.end)
 
@@ -81,7 +81,7 @@ class RangeSet:
     ranges: tuple[Range, ...]
 
     @classmethod
-    def build(cls, ranges: list[Range], where: str) -> "RangeSet":
+    def build(cls, ranges: list[Range], where: str) -> RangeSet:
         if not ranges:
             raise CNIError(INVALID_CONFIG, f"{where}: empty range set")
         if len({r.subnet.version for r in ranges}) != 1:
@@ -102,7 +102,7 @@ class RangeSet:
                 return r
         return None
 
-    def overlaps(self, other: "RangeSet") -> bool:
+    def overlaps(self, other: RangeSet) -> bool:
         return any(a.overlaps(b) for a in self.ranges for b in other.ranges)
 
     def candidates(self, last_reserved: IPAddress | None) -> Iterator[tuple[IPAddress, Range]]:

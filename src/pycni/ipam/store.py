@@ -149,7 +149,7 @@ class DiskStore:
     def exists(self) -> bool:
         return os.path.isdir(self.path)
 
-    def __enter__(self) -> "DiskStore":
+    def __enter__(self) -> DiskStore:  # noqa: PYI034 - never subclassed
         self.open()
         return self
 

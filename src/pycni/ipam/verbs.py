@@ -17,7 +17,7 @@ from .config import Config, IPAMConfig, ipam_config
 from .ranges import parse_ip
 from .store import DiskStore
 
-__all__ = ["Config", "KNOWN_ARGS", "add", "delete", "check", "status", "gc"]
+__all__ = ["KNOWN_ARGS", "Config", "add", "check", "delete", "gc", "status"]
 
 # CNI_ARGS keys host-local understands (the reference's IPAMArgs): IP=addr[,addr...]
 KNOWN_ARGS = frozenset({"IP"})

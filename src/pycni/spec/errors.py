@@ -44,7 +44,7 @@ class CNIError(Exception):
         return out
 
     @classmethod
-    def from_dict(cls, data: object, fallback_msg: str = "") -> "CNIError":
+    def from_dict(cls, data: object, fallback_msg: str = "") -> CNIError:
         """Rebuild an error printed by another (delegated) plugin."""
         if isinstance(data, dict) and isinstance(data.get("code"), int):
             return cls(data["code"], str(data.get("msg", "")) or fallback_msg, str(data.get("details", "")))

@@ -162,7 +162,7 @@ class Result(_Model):
         return out
 
     @classmethod
-    def parse(cls, data: object) -> "Result":
+    def parse(cls, data: object) -> Result:
         """Read a result of any supported version (prevResult, or a delegated plugin's output)."""
         if not isinstance(data, dict):
             raise CNIError(DECODE_FAILURE, "result must be a JSON object", type(data).__name__)
