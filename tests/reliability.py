@@ -24,8 +24,9 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
+
+from conftest import PluginRun
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -134,28 +135,12 @@ def gc_conf(conf: dict, valid: list[tuple[str, str]]) -> dict:
 # -- running plugins -----------------------------------------------------------------------------------
 
 
-@dataclass
-class Outcome:
-    returncode: int
-    stdout: str
-    stderr: str
+class Outcome(PluginRun):
+    """A plugin run that may have been killed on purpose."""
 
     @property
     def killed(self) -> bool:
         return self.returncode == -signal.SIGKILL
-
-    @property
-    def json(self):
-        return json.loads(self.stdout)
-
-    @property
-    def documents(self) -> int:
-        text, count, dec = self.stdout.strip(), 0, json.JSONDecoder()
-        while text:
-            _, end = dec.raw_decode(text)
-            text = text[end:].strip()
-            count += 1
-        return count
 
     @property
     def code(self) -> int | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import reliability
 from conftest import IS_ROOT, REFERENCE_DIR, VENV_BIN, Namespaces, PluginRun, exec_plugin, in_ns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,30 +114,8 @@ class Env:
         return sorted(out)
 
     def firewall(self) -> str:
-        """The node's firewall state for before/after comparisons: every nftables object (handles
-        dropped) and every iptables rule and user chain. The empty `nat` tables that iptables-nft
-        creates on first use (and never removes) are left out: they hold no rule."""
-        builtin = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
-        objects = json.loads(self.node_cmd("nft", "-j", "list", "ruleset") or '{"nftables": []}')["nftables"]
-        busy = {(o["rule"]["family"], o["rule"]["table"]) for o in objects if "rule" in o}
-        busy |= {(o[k]["family"], o[k]["table"]) for o in objects for k in ("set", "map") if k in o}
-        busy |= {(o["chain"]["family"], o["chain"]["table"]) for o in objects
-                 if "chain" in o and o["chain"]["name"] not in builtin}
-        kept = []
-        for obj in objects:
-            (kind, body), = obj.items()
-            if kind == "metainfo":
-                continue
-            where = (body.get("family"), body.get("table", body.get("name")))
-            if where[0] in ("ip", "ip6") and where[1] in ("nat", "filter", "mangle", "raw") and where not in busy:
-                continue
-            kept.append({kind: {k: v for k, v in body.items() if k != "handle"}})
-        lines = [json.dumps(o, sort_keys=True) for o in kept]
-        for tool in ("iptables-save", "ip6tables-save"):
-            for ln in self.node_cmd(tool, check=False).splitlines():
-                if ln.startswith("-A") or (ln.startswith(":") and ln[1:].split()[0] not in builtin):
-                    lines.append(f"{tool}: {ln}")
-        return "\n".join(lines)
+        """The node's firewall state for before/after comparisons (see reliability.firewall)."""
+        return reliability.firewall(self.node)
 
     def ping(self, target: str, ns: str | None = None) -> bool:
         flag = "-6" if ":" in target else "-4"
