@@ -48,13 +48,17 @@ def test_daemonset_manifest():
     assert ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
     assert pod["hostNetwork"] is True and pod["serviceAccountName"] == "pycni"
     assert {"operator": "Exists"} in pod["tolerations"]
-    (c,) = pod["containers"]
+    c, daemon = pod["containers"]
+    assert daemon["command"][:2] == ["/bundle/pycni", "daemon"] and pod["hostPID"] is True
+    dmounts = {m["mountPath"] for m in daemon["volumeMounts"]}
+    assert {"/run/pycni", "/var/run/netns", "/var/lib/cni", "/opt/cni/bin"} <= dmounts
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert env["CLUSTER_CIDR"]["value"] == "10.244.0.0/16"
     assert c["securityContext"]["privileged"] is True
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     vols = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
+    assert all(m["mountPath"] == vols[m["name"]] for m in daemon["volumeMounts"])  # the node's own paths
     assert {vols[n]: mounts[n] for n in mounts} == {"/opt/cni/bin": "/host/opt/cni/bin",
                                                     "/etc/cni/net.d": "/host/etc/cni/net.d"}
     assert c["image"] == "pycni/agent:dev"  # run-e2e.sh substitutes exactly this string
