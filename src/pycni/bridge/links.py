@@ -769,17 +769,9 @@ def link_kind_raw(name: str) -> str | None:
     if mtype != rtm_newlink:
         raise CNIError(KERNEL, "unexpected rtnetlink answer", f"type {mtype}")
 
-    def attrs(buf: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-        while start + 4 <= end:
-            alen, atype = struct.unpack_from("HH", buf, start)
-            if alen < 4:
-                return
-            yield atype & 0x3FFF, buf[start + 4 : start + alen]
-            start += (alen + 3) & ~3
-
-    for atype, payload in attrs(data, 32, length):
+    for atype, payload in _nl_attrs(data, 32, length):
         if atype == ifla_linkinfo:
-            for itype, ipayload in attrs(payload, 0, len(payload)):
+            for itype, ipayload in _nl_attrs(payload, 0, len(payload)):
                 if itype == ifla_info_kind:
                     return ipayload.rstrip(b"\0").decode()
     return ""
