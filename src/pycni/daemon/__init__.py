@@ -29,3 +29,15 @@ def namespaces() -> str:
     import os
 
     return f"{os.stat('/proc/thread-self/ns/net').st_ino}:{os.stat('/proc/thread-self/ns/pid').st_ino}"
+
+
+def recv_exact(sock, n: int) -> bytes:
+    """Exactly n bytes of a frame from a stream socket; EOFError if the peer closes first."""
+    chunks, got = [], 0
+    while got < n:
+        chunk = sock.recv(min(n - got, 1 << 16))
+        if not chunk:
+            raise EOFError(f"connection closed after {got} of {n} bytes")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)

@@ -17,7 +17,7 @@ import binascii
 import os
 
 from .. import __version__
-from . import DEFAULT_SOCKET, MAX_FRAME, PROTOCOL, SOCKET_ENV, namespaces
+from . import DEFAULT_SOCKET, MAX_FRAME, PROTOCOL, SOCKET_ENV, namespaces, recv_exact
 
 CONNECT_TIMEOUT = 0.5  # seconds: a unix socket connects at once or not at all
 REPLY_TIMEOUT_ENV = "PYCNI_DAEMON_TIMEOUT"
@@ -74,17 +74,6 @@ def socket_path(environ: dict[str, str]) -> str:
     return environ.get(SOCKET_ENV) or DEFAULT_SOCKET
 
 
-def _recv_exact(sock, n: int) -> bytes:
-    chunks, got = [], 0
-    while got < n:
-        chunk = sock.recv(min(n - got, 1 << 16))
-        if not chunk:
-            raise EOFError(f"connection closed after {got} of {n} bytes")
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
-
-
 def _try_again(msg: str, details: str) -> tuple[int, str, str]:
     enc = _json.encode_basestring_ascii
     doc = f'{{"cniVersion": "1.1.0", "code": {TRY_AGAIN_LATER}, "msg": {enc(msg)}, "details": {enc(details[:300])}}}'
@@ -113,10 +102,10 @@ def call(plugin: str, environ: dict[str, str], stdin: bytes) -> tuple[int, str, 
         except OSError:
             return None  # the daemon closed before reading: it did nothing (e.g. it is stopping)
         try:
-            size = int.from_bytes(_recv_exact(sock, 4), "big")
+            size = int.from_bytes(recv_exact(sock, 4), "big")
             if size > MAX_FRAME:
                 raise ValueError(f"answer of {size} bytes")
-            answer = _decode(_recv_exact(sock, size).decode("utf-8"))
+            answer = _decode(recv_exact(sock, size).decode("utf-8"))
         except TimeoutError:
             return _try_again("the pycni daemon did not answer in time", f"{timeout:g} s on {path}")
         except (OSError, EOFError, ValueError) as exc:

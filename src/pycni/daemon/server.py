@@ -40,7 +40,7 @@ import threading
 import time
 
 from .. import __version__, cli
-from . import DEFAULT_SOCKET, MAX_FRAME, PROTOCOL, SOCKET_ENV, namespaces
+from . import DEFAULT_SOCKET, MAX_FRAME, PROTOCOL, SOCKET_ENV, namespaces, recv_exact
 
 REQUEST_TIMEOUT = 10.0  # seconds to receive a whole request once connected
 log = logging.getLogger("pycnid")  # not under "pycni": those handlers belong to requests
@@ -74,14 +74,10 @@ def _peer_uid(conn: socket.socket) -> int:
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes:
-    chunks, got = [], 0
-    while got < n:
-        chunk = conn.recv(min(n - got, 1 << 16))
-        if not chunk:
-            raise Refused(f"connection closed after {got} of {n} bytes")
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
+    try:
+        return recv_exact(conn, n)
+    except EOFError as exc:
+        raise Refused(str(exc)) from None
 
 
 def read_request(conn: socket.socket, ns: str = "") -> tuple[str, dict[str, str], bytes]:
