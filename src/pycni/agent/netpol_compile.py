@@ -1,0 +1,274 @@
+"""NetworkPolicy -> one nftables table for one node: a pure, deterministic function of
+(pods, namespaces, policies, node name). Same input, same text, byte for byte.
+
+What a node enforces. Every node filters only its own pods (spec.nodeName == this node): ingress of
+a pod is checked on the pod's node, egress on the pod's node. Traffic between two pods on different
+nodes is therefore checked twice, egress at the source's node and ingress at the destination's, and
+traffic between two pods of one node is checked once for both. Peers may be anywhere: peer sets
+hold the addresses of every matching pod in the cluster.
+
+Where. The `forward` hook of the node (family inet: IPv4 and IPv6):
+* cross-node and pod-to-outside traffic is routed by the node, so it is forwarded;
+* same-node traffic is *bridged* on pycni's bridge; it reaches the IP forward hook only through
+  br_netfilter with `net.bridge.bridge-nf-call-ip{,6}tables = 1` - which kube-proxy needs as well
+  (Services whose backend shares the client's bridge) and which the agent and this controller set;
+* traffic from the node itself (kubelet probes, hostNetwork pods of this node) goes through the
+  output hook and is never filtered, as the API documents ("traffic to and from the node where a
+  Pod is running is always allowed"); packets from other nodes' hosts are filtered like any peer.
+Services are already translated when the forward hook sees a packet (kube-proxy DNATs in
+prerouting), so policies apply to pod addresses, as they must.
+
+Shape of the table (two base chains on the same hook: `accept` ends only the chain it is in, so a
+packet needs the accept of both, egress of its source and ingress of its destination):
+
+    chain egress  { forward, priority filter;     ct established/related accept; ND accept;
+                    ip saddr vmap @eg4 ; ip6 saddr vmap @eg6 }
+    chain ingress { forward, priority filter + 1; ct established/related accept; ND accept;
+                    ip daddr vmap @in4 ; ip6 daddr vmap @in6 }
+    map eg4/in4/eg6/in6 : local isolated pod address -> goto <direction>-s<k>
+    chain in-s<k> : jump p<i>-in for every policy of that pod (a "policy set"); counter drop
+    chain p<i>-in : one `... accept` line per (peer family x port) of each rule of policy i
+    set   p<i>-in<r>-v4 / -v6 : the peers of rule r (pod addresses + ipBlock minus except, collapsed)
+    set   p<i>-in<r>-np4 / -np6 : named ports as (address . protocol . port), resolved per pod
+
+Replies and established connections: `ct state established,related accept` first, so a reply is
+never filtered, and a connection that was allowed when it started keeps going after a policy change
+(the spec leaves existing connections to the implementation). A denied packet is dropped before
+conntrack confirms it, so a denied attempt leaves no entry that a later packet could ride on.
+IPv6 neighbour discovery (NS/NA/RS/RA) is always accepted: an isolated pod must still resolve its
+neighbours. Pods that no policy selects are not in the maps: their traffic is never matched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .netpol_model import LabelSelector, Namespace, NetworkPolicy, Peer, Pod, Rule
+
+TABLE = "pycni-netpol"
+FAMILY = "inet"
+_IP = {4: "ip", 6: "ip6"}
+_ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
+_ND = "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept"
+
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the API says, as the compiler reads it."""
+
+    pods: tuple[Pod, ...] = ()
+    namespaces: tuple[Namespace, ...] = ()
+    policies: tuple[NetworkPolicy, ...] = ()
+
+
+@dataclass
+class Compiled:
+    body: str                      # the lines inside `table inet pycni-netpol { ... }`
+    rules: int = 0                 # rule lines in policy and dispatch chains
+    elements: int = 0              # elements of every set and map
+    isolated_pods: int = 0         # local pods some policy selects
+    policies: dict[str, int] = field(default_factory=dict)  # policy key -> rule lines compiled for it
+
+
+# -- selection -----------------------------------------------------------------------------------------
+
+
+class _Index:
+    """Pods and namespace labels, for selector evaluation."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.pods = sorted((p for p in snap.pods if p.has_network), key=lambda p: p.key)
+        self.ns_labels = {n.name: n.labels for n in snap.namespaces}
+
+    def peer_pods(self, peer: Peer, policy_ns: str) -> list[Pod]:
+        """NetworkPolicyPeer: podSelector alone = pods of the policy's namespace; namespaceSelector alone =
+        every pod of the matching namespaces; both = the matching pods of the matching namespaces."""
+        if peer.ip_block is not None:
+            return []
+        pod_sel = peer.pod_selector or LabelSelector()
+        out = []
+        for pod in self.pods:
+            if peer.namespace_selector is None:
+                if pod.namespace != policy_ns:
+                    continue
+            elif not peer.namespace_selector.matches(self.ns_labels.get(pod.namespace, {})):
+                continue
+            if pod_sel.matches(pod.labels):
+                out.append(pod)
+        return out
+
+
+def _nets(addresses: Iterable[str]) -> list[Net]:
+    return [ipaddress.ip_network(a) for a in addresses]
+
+
+def _collapse(nets: Iterable[Net]) -> dict[int, list[Net]]:
+    by_fam: dict[int, list[Net]] = {4: [], 6: []}
+    for n in nets:
+        by_fam[n.version].append(n)
+    return {v: list(ipaddress.collapse_addresses(ns)) for v, ns in by_fam.items()}  # type: ignore[arg-type]
+
+
+def _element(net: Net) -> str:
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+# -- rendering -----------------------------------------------------------------------------------------
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.sets: list[str] = []
+        self.chains: list[str] = []
+        self.rules = 0
+        self.elements = 0
+
+    def add_set(self, name: str, typ: str, elements: Sequence[str], interval: bool = False) -> None:
+        flags = " flags interval;" if interval else ""
+        elems = f" elements = {{ {', '.join(elements)} }};" if elements else ""
+        self.sets.append(f"\tset {name} {{ type {typ};{flags}{elems} }}")
+        self.elements += len(elements)
+
+    def add_map(self, name: str, typ: str, elements: Sequence[str]) -> None:
+        elems = f" elements = {{ {', '.join(elements)} }};" if elements else ""
+        self.sets.append(f"\tmap {name} {{ type {typ} : verdict;{elems} }}")
+        self.elements += len(elements)
+
+    def add_chain(self, name: str, lines: Sequence[str], base: str = "", counted: bool = True) -> None:
+        body = [f"\t\t{base}"] if base else []
+        body += [f"\t\t{line}" for line in lines]
+        self.chains.append("\n".join([f"\tchain {name} {{", *body, "\t}"]))
+        if counted:
+            self.rules += len(lines)
+
+    def text(self) -> str:
+        return "\n".join(self.sets + self.chains) + "\n"
+
+
+def _port_matches(rule: Rule, fam: int, named_sets: dict[tuple[int, int], str]) -> list[str]:
+    """One match per NetworkPolicyPort of the rule, for family `fam`; [""] = any port, any protocol.
+    `named_sets[(port index, family)]`: the set resolving a named port ("" when no pod has it)."""
+    if not rule.ports:
+        return [""]
+    out = []
+    for j, port in enumerate(rule.ports):
+        proto = port.protocol.lower()
+        if port.port is None:
+            out.append(f"meta l4proto {proto}")
+        elif isinstance(port.port, int):
+            rng = f"{port.port}-{port.end_port}" if port.end_port not in (None, port.port) else str(port.port)
+            out.append(f"meta l4proto {proto} th dport {rng}")
+        elif named_sets.get((j, fam)):
+            out.append(f"{_IP[fam]} daddr . meta l4proto . th dport @{named_sets[(j, fam)]}")
+    return out
+
+
+def _compile_direction(w: _Writer, idx: _Index, i: int, pol: NetworkPolicy, ingress: bool,
+                       targets: list[Pod]) -> int:
+    """Chain p<i>-in or p<i>-eg with the allow lines of every rule; returns its number of lines."""
+    d = "in" if ingress else "eg"
+    rules = pol.ingress if ingress else pol.egress
+    peer_dir = "saddr" if ingress else "daddr"
+    lines: list[str] = []
+    comment = f'comment "{pol.key}"'[:130]
+    for r, rule in enumerate(rules or ()):
+        # peers: None = every peer (`from`/`to` empty); else the collapsed address set per family
+        peer_pods: list[Pod] = []
+        peers: dict[int, list[Net]] | None = None
+        if rule.peers:
+            nets: list[Net] = []
+            for peer in rule.peers:
+                if peer.ip_block is not None:
+                    nets += peer.ip_block.networks()
+                else:
+                    pods = idx.peer_pods(peer, pol.namespace)
+                    peer_pods += pods
+                    nets += _nets(ip for p in pods for ip in p.ips)
+            peers = _collapse(nets)
+        # named ports: resolved on the destination pod - the target for ingress, the peer for egress
+        # (every pod of the cluster when `to` is empty; an ipBlock peer never has named ports)
+        named: dict[tuple[int, int], str] = {}
+        pending: dict[str, tuple[str, list[str]]] = {}  # named-port sets, created when a line uses them
+        for j, port in enumerate(rule.ports):
+            if not isinstance(port.port, str):
+                continue
+            holders = targets if ingress else (peer_pods if rule.peers else idx.pods)
+            for fam in (4, 6):
+                elems = sorted({(ipaddress.ip_address(ip), n) for p in holders
+                                if (n := p.port_number(port.port, port.protocol)) is not None
+                                for ip in p.ips if ipaddress.ip_address(ip).version == fam})
+                named[(j, fam)] = f"p{i}-{d}{r}-np{j}-v{fam}" if elems else ""
+                if elems:
+                    pending[named[(j, fam)]] = (f"{_ADDR_TYPE[fam]} . inet_proto . inet_service",
+                                                [f"{ip} . {port.protocol.lower()} . {n}" for ip, n in elems])
+        for fam in (4, 6):
+            if peers is None:
+                peer_match = ""
+            elif not peers[fam]:
+                continue  # no peer of this family: this rule allows nothing here
+            else:
+                name = f"p{i}-{d}{r}-v{fam}"
+                w.add_set(name, _ADDR_TYPE[fam], [_element(n) for n in peers[fam]], interval=True)
+                peer_match = f"{_IP[fam]} {peer_dir} @{name}"
+            for pm in _port_matches(rule, fam, named):
+                line = " ".join(x for x in (peer_match, pm, "accept", comment) if x)
+                if line not in lines:  # family-independent lines (no peers, numeric ports) once
+                    lines.append(line)
+                used = pm.rpartition("@")[2] if "@" in pm else ""
+                if used in pending:
+                    w.add_set(used, *pending.pop(used))
+    w.add_chain(f"p{i}-{d}", lines)
+    return len(lines)
+
+
+def compile_node(snap: Snapshot, node: str) -> Compiled:
+    """The body of table inet pycni-netpol for node `node`."""
+    idx = _Index(snap)
+    policies = sorted(snap.policies, key=lambda p: p.key)
+    local = [p for p in idx.pods if p.node_name == node]
+    w = _Writer()
+    stats: dict[str, int] = {}
+
+    # which policies isolate each local pod, per direction
+    sel: dict[str, list[tuple[Pod, tuple[int, ...]]]] = {"in": [], "eg": []}
+    for pod in local:
+        for d in ("in", "eg"):
+            mine = tuple(i for i, pol in enumerate(policies)
+                         if (pol.ingress if d == "in" else pol.egress) is not None
+                         and pol.namespace == pod.namespace and pol.pod_selector.matches(pod.labels))
+            if mine:
+                sel[d].append((pod, mine))
+
+    # policy chains, only for policies that isolate a pod of this node in that direction
+    for d in ("in", "eg"):
+        used = sorted({i for _pod, mine in sel[d] for i in mine})
+        for i in used:
+            targets = [pod for pod, mine in sel[d] if i in mine]
+            n = _compile_direction(w, idx, i, policies[i], d == "in", targets)
+            stats[policies[i].key] = stats.get(policies[i].key, 0) + n
+
+    # one dispatch chain per distinct policy set, and the address -> chain maps
+    for d in ("in", "eg"):
+        sets = sorted({mine for _pod, mine in sel[d]})
+        chain_of = {mine: f"{d}-s{k}" for k, mine in enumerate(sets)}
+        for mine, chain in chain_of.items():
+            keys = ", ".join(policies[i].key for i in mine)
+            w.add_chain(chain, [*(f"jump p{i}-{d}" for i in mine), f'counter drop comment "{keys}"'[:140]])
+        for fam in (4, 6):
+            elems = sorted((ipaddress.ip_address(ip), chain_of[mine]) for pod, mine in sel[d]
+                           for ip in pod.ips if ipaddress.ip_address(ip).version == fam)
+            w.add_map(f"{d}{fam}", _ADDR_TYPE[fam], [f"{ip} : goto {chain}" for ip, chain in elems])
+
+    hooks = []
+    for d, chain, prio, addr in (("eg", "egress", "filter", "saddr"), ("in", "ingress", "filter + 1", "daddr")):
+        hooks.append((chain, f"type filter hook forward priority {prio}; policy accept;",
+                      ["ct state established,related accept", _ND,
+                       f"ip {addr} vmap @{d}4", f"ip6 {addr} vmap @{d}6"]))
+    for chain, base, lines in hooks:
+        w.add_chain(chain, lines, base=base, counted=False)
+    isolated = len({p.key for d in sel for p, _ in sel[d]})
+    return Compiled(body=w.text(), rules=w.rules, elements=w.elements, isolated_pods=isolated, policies=stats)
