@@ -49,7 +49,7 @@ def sets(body: str) -> dict[str, list[str]]:
 
 
 def chain(body: str, name: str) -> list[str]:
-    m = re.search(rf"\tchain {re.escape(name)} {{\n(.*?)\t}}", body, re.S)
+    m = re.search(rf"\tchain {re.escape(name)} {{\n(.*?)\t}}", body, re.DOTALL)
     assert m, f"no chain {name} in\n{body}"
     return [line.strip() for line in m.group(1).splitlines()]
 
@@ -77,7 +77,7 @@ def test_label_selector_operators():
     sel = LabelSelector.model_validate
     assert sel({}).matches(labels) and sel({"matchLabels": None, "matchExpressions": None}).matches({})
     assert sel({"matchLabels": {"a": "1"}}).matches(labels) and not sel({"matchLabels": {"a": "2"}}).matches(labels)
-    expr = lambda op, *v: sel({"matchExpressions": [{"key": "a", "operator": op, "values": list(v)}]})  # noqa: E731
+    expr = lambda op, *v: sel({"matchExpressions": [{"key": "a", "operator": op, "values": list(v)}]})
     assert expr("In", "1", "3").matches(labels) and not expr("In", "3").matches(labels)
     assert expr("NotIn", "3").matches(labels) and not expr("NotIn", "1").matches(labels)
     assert expr("NotIn", "1").matches({"b": "2"})                     # NotIn matches a missing key
@@ -150,8 +150,8 @@ def test_no_policy_no_isolation():
     assert c.rules == 0 and c.isolated_pods == 0 and c.policies == {}
     assert all(v == [] for v in sets(c.body).values())
     assert chain(c.body, "egress")[1:] == ["ct state established,related accept",
-                                          "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, "
-                                          "nd-neighbor-advert } accept", "ip saddr vmap @eg4", "ip6 saddr vmap @eg6"]
+                                          ("icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, "
+                                          "nd-neighbor-advert } accept"), "ip saddr vmap @eg4", "ip6 saddr vmap @eg6"]
     assert chain(c.body, "ingress")[0] == "type filter hook forward priority filter + 1; policy accept;"
 
 
