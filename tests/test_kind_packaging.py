@@ -37,8 +37,10 @@ def test_daemonset_manifest():
     docs = {d["kind"]: d for d in _yaml_docs(KIND / "pycni-daemonset.yaml")}
     assert set(docs) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"}
     assert docs["ServiceAccount"]["metadata"] == {"name": "pycni", "namespace": "kube-system"}
-    assert docs["ClusterRole"]["rules"] == [{"apiGroups": [""], "resources": ["nodes"],
-                                             "verbs": ["get", "list", "watch"]}]
+    assert docs["ClusterRole"]["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["list", "watch"]}]
     binding = docs["ClusterRoleBinding"]
     assert binding["roleRef"]["name"] == "pycni"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pycni", "namespace": "kube-system"}]
@@ -48,8 +50,10 @@ def test_daemonset_manifest():
     assert ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
     assert pod["hostNetwork"] is True and pod["serviceAccountName"] == "pycni"
     assert {"operator": "Exists"} in pod["tolerations"]
-    c, daemon = pod["containers"]
+    c, daemon, netpol = pod["containers"]
     assert daemon["command"][:2] == ["/bundle/pycni", "daemon"] and pod["hostPID"] is True
+    assert netpol["command"] == ["/bundle/pycni", "netpol", "--kube"] and netpol["image"] == c["image"]
+    assert netpol["env"][0]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     dmounts = {m["mountPath"] for m in daemon["volumeMounts"]}
     assert {"/run/pycni", "/var/run/netns", "/var/lib/cni", "/opt/cni/bin"} <= dmounts
     env = {e["name"]: e for e in c["env"]}
