@@ -12,7 +12,8 @@ PYTEST_ARGS ?=
 # NATIVE_SHIM=1: the installed executables are a ~1 ms C shim in front of the daemon
 NATIVE_SHIM ?= 0
 
-.PHONY: all deps venv build install uninstall test test-unit test-agent test-cluster kind-e2e check demo clean bundle stress bench
+.PHONY: all deps venv build install uninstall test test-unit test-agent test-cluster kind-e2e check demo clean bundle stress bench \
+	conformance e2e-build
 
 all: venv build
 
@@ -73,13 +74,22 @@ test: deps venv build
 
 # Subsets: the node agent; the three-node docker cluster; a real kind cluster (needs kind, kubectl, images).
 test-agent: venv
-	$(VPY) -m pytest -q tests/test_agent_unit.py tests/test_agent_netns.py tests/test_kind_packaging.py
+	$(VPY) -m pytest -q tests/test_agent_unit.py tests/test_agent_netns.py tests/test_kind_packaging.py \
+	  tests/test_netpol_unit.py tests/test_netpol_netns.py
 
 test-cluster: deps venv
 	$(VPY) -m pytest -q -m cluster integration/kindlab
 
 kind-e2e: bundle
 	bash integration/kind/run-e2e.sh
+
+# Kubernetes' own e2e suites (integration/e2e): e2e.test and its images built here (cached under /var/cache/pycni),
+# then sig-network conformance and NetworkPolicy against the cluster of `make cluster-up`; JUnit in build/e2e/.
+e2e-build:
+	bash integration/e2e/build.sh all
+
+conformance: e2e-build
+	bash integration/e2e/run.sh all
 
 # pycni against the Go reference plugins, same machine, same run (docs/performance.md); as root.
 bench: venv build
