@@ -44,8 +44,8 @@ def build(out: str, specs: list[dict]) -> None:
     manifest, configs = [], {}
     for spec in specs:
         cfg = {k: v for k, v in (("Entrypoint", spec.get("entrypoint")), ("Cmd", spec.get("cmd")),
-                                  ("Env", spec.get("env") or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
-                                                              "/sbin:/bin"]),
+                                  ("Env", spec.get("env") or [("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
+                                                              "/sbin:/bin")]),
                                   ("WorkingDir", spec.get("workdir") or "/"), ("User", spec.get("user") or ""),
                                   ("ExposedPorts", spec.get("exposed"))) if v}
         config = json.dumps({

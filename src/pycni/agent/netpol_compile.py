@@ -41,6 +41,7 @@ neighbours. Pods that no policy selects are not in the maps: their traffic is ne
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -78,32 +79,46 @@ class Compiled:
 
 
 class _Index:
-    """Pods and namespace labels, for selector evaluation."""
+    """Pods by namespace and namespace labels, for selector evaluation (memoised: policies of a
+    cluster repeat the same selectors, and each is evaluated once per compilation)."""
 
     def __init__(self, snap: Snapshot) -> None:
         self.pods = sorted((p for p in snap.pods if p.has_network), key=lambda p: p.key)
+        self.by_ns: dict[str, list[Pod]] = {}
+        for p in self.pods:
+            self.by_ns.setdefault(p.namespace, []).append(p)
         self.ns_labels = {n.name: n.labels for n in snap.namespaces}
+        self._memo: dict[tuple, list[Pod]] = {}
 
     def peer_pods(self, peer: Peer, policy_ns: str) -> list[Pod]:
         """NetworkPolicyPeer: podSelector alone = pods of the policy's namespace; namespaceSelector alone =
         every pod of the matching namespaces; both = the matching pods of the matching namespaces."""
         if peer.ip_block is not None:
             return []
-        pod_sel = peer.pod_selector or LabelSelector()
-        out = []
-        for pod in self.pods:
+        key = (peer.pod_selector, peer.namespace_selector, policy_ns if peer.namespace_selector is None else None)
+        if key not in self._memo:
+            pod_sel = peer.pod_selector or LabelSelector()
             if peer.namespace_selector is None:
-                if pod.namespace != policy_ns:
-                    continue
-            elif not peer.namespace_selector.matches(self.ns_labels.get(pod.namespace, {})):
-                continue
-            if pod_sel.matches(pod.labels):
-                out.append(pod)
-        return out
+                namespaces = [policy_ns]
+            else:
+                namespaces = [ns for ns in sorted(self.by_ns)
+                              if peer.namespace_selector.matches(self.ns_labels.get(ns, {}))]
+            self._memo[key] = [p for ns in namespaces for p in self.by_ns.get(ns, []) if pod_sel.matches(p.labels)]
+        return self._memo[key]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(address)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _host(address: str) -> Net:
+    return ipaddress.ip_network(address)
 
 
 def _nets(addresses: Iterable[str]) -> list[Net]:
-    return [ipaddress.ip_network(a) for a in addresses]
+    return [_host(a) for a in addresses]
 
 
 def _collapse(nets: Iterable[Net]) -> dict[int, list[Net]]:
@@ -198,13 +213,13 @@ def _compile_direction(w: _Writer, idx: _Index, i: int, pol: NetworkPolicy, ingr
                 continue
             holders = targets if ingress else (peer_pods if rule.peers else idx.pods)
             for fam in (4, 6):
-                elems = sorted({(ipaddress.ip_address(ip), n) for p in holders
+                elems = sorted({(int(_ip(ip)), ip, n) for p in holders
                                 if (n := p.port_number(port.port, port.protocol)) is not None
-                                for ip in p.ips if ipaddress.ip_address(ip).version == fam})
+                                for ip in p.ips if _ip(ip).version == fam})
                 named[(j, fam)] = f"p{i}-{d}{r}-np{j}-v{fam}" if elems else ""
                 if elems:
                     pending[named[(j, fam)]] = (f"{_ADDR_TYPE[fam]} . inet_proto . inet_service",
-                                                [f"{ip} . {port.protocol.lower()} . {n}" for ip, n in elems])
+                                                [f"{ip} . {port.protocol.lower()} . {n}" for _, ip, n in elems])
         for fam in (4, 6):
             if peers is None:
                 peer_match = ""
@@ -259,9 +274,9 @@ def compile_node(snap: Snapshot, node: str) -> Compiled:
             keys = ", ".join(policies[i].key for i in mine)
             w.add_chain(chain, [*(f"jump p{i}-{d}" for i in mine), f'counter drop comment "{keys}"'[:140]])
         for fam in (4, 6):
-            elems = sorted((ipaddress.ip_address(ip), chain_of[mine]) for pod, mine in sel[d]
-                           for ip in pod.ips if ipaddress.ip_address(ip).version == fam)
-            w.add_map(f"{d}{fam}", _ADDR_TYPE[fam], [f"{ip} : goto {chain}" for ip, chain in elems])
+            elems = sorted((int(_ip(ip)), ip, chain_of[mine]) for pod, mine in sel[d]
+                           for ip in pod.ips if _ip(ip).version == fam)
+            w.add_map(f"{d}{fam}", _ADDR_TYPE[fam], [f"{ip} : goto {chain}" for _, ip, chain in elems])
 
     hooks = []
     for d, chain, prio, addr in (("eg", "egress", "filter", "saddr"), ("in", "ingress", "filter + 1", "daddr")):
