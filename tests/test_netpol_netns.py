@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -330,3 +331,68 @@ def test_drift_repaired_and_cleanup(lab):
     assert proc.returncode == 0, proc.stderr
     assert in_ns(n1, "nft", "list", "table", "inet", "pycni-netpol", check=False).returncode != 0
     assert lab.probe("y/c", [("x/a", "tcp", "80")]) == {("x/a", "tcp", "80"): True}
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs openssl for the fake API server's certificate")
+def test_kube_mode_list_watch_enforce(lab, capsys):
+    """`pycni netpol --kube` for real HTTP: a fake API server (TLS, bearer token; tests/agent_fake_api.py) in
+    node n1's namespace serves LIST and streaming WATCH of pods, namespaces and policies from the lab's
+    state; a policy created, a pod relabelled and the policy deleted through it reach the kernel. Prints the
+    time from each change to its enforcement (docs/networkpolicy.md)."""
+    sa = lab.tmp / "sa"
+    sa.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(lab.tmp / "k.pem"),
+                    "-out", str(sa / "ca.crt"), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    (sa / "token").write_text("sa-token")
+    lab.write_state()
+    n1 = lab.node_ns["n1"]
+    port = "16444"
+    server = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{n1}", "--", sys.executable,
+                               str(Path(__file__).with_name("agent_fake_api.py")), port, str(lab.state),
+                               str(sa / "ca.crt"), str(lab.tmp / "k.pem"), str(sa / "token")],
+                              stdout=subprocess.PIPE, text=True)
+    lab.procs.append(server)
+    assert server.stdout.readline().strip() == "ready"
+    env = {"PATH": os.environ["PATH"], "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": port}
+    ctl = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{n1}", "--", sys.executable, "-m",
+                            "pycni.agent.netpol_main", "--node-name", "n1", "--kube", "--kube-sa-dir", str(sa)],
+                           env=env, stderr=subprocess.PIPE, text=True)
+    lab.procs.append(ctl)
+
+    def until(cond, what: str) -> float:
+        t0 = time.monotonic()
+        while not cond():
+            assert time.monotonic() - t0 < 30, f"not enforced within 30 s: {what}"
+            time.sleep(0.02)
+        return time.monotonic() - t0
+
+    def table() -> str:
+        return in_ns(n1, "nft", "list", "table", "inet", "pycni-netpol", check=False).stdout
+
+    until(lambda: "chain ingress" in table(), "first load")
+    c_to_a = [("x/a", "tcp", "80")]
+    assert lab.probe("y/c", c_to_a) == {c_to_a[0]: True}
+    timings = {}
+    lab.policy("x", "a-in", {"podSelector": {"matchLabels": {"pod": "a"}},
+                             "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]})
+    lab.write_state()
+    timings["policy created -> table"] = until(lambda: "x/a-in" in table(), "policy created")
+    assert lab.probe("y/c", c_to_a) == {c_to_a[0]: False}
+    assert lab.probe("x/b", c_to_a) == {c_to_a[0]: True}
+    lab.relabel_pod("x/b", {"pod": "b2"})                            # b loses the label the policy allows
+    lab.write_state()
+    t0 = time.monotonic()
+    until(lambda: not lab.probe("x/b", c_to_a, timeout=0.3)[c_to_a[0]], "pod relabelled")
+    timings["pod relabelled -> traffic denied"] = time.monotonic() - t0
+    del lab.policies["x/a-in"]
+    lab.write_state()
+    t0 = time.monotonic()
+    until(lambda: lab.probe("y/c", c_to_a, timeout=0.3)[c_to_a[0]], "policy deleted")
+    timings["policy deleted -> traffic allowed"] = time.monotonic() - t0
+    ctl.send_signal(signal.SIGTERM)
+    assert ctl.wait(timeout=10) == 0
+    log = ctl.stderr.read()
+    assert "enforced" in log and "ERROR" not in log, log
+    with capsys.disabled():
+        print("\n  netpol --kube: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items()))
