@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .netpol_model import LabelSelector, Namespace, NetworkPolicy, Peer, Pod, Rule
@@ -106,6 +106,19 @@ class _Index:
             self._memo[key] = [p for ns in namespaces for p in self.by_ns.get(ns, []) if pod_sel.matches(p.labels)]
         return self._memo[key]
 
+    def named_port(self, holders: list[Pod], name: str, protocol: str, fam: int, memo: tuple | None) -> list[str]:
+        """`address . protocol . number` for each address of family `fam` of the `holders` that have a
+        container port `name` with that protocol (NetworkPolicyPort: named ports resolve per pod)."""
+        key = (memo, name, protocol, fam)
+        if memo is None or key not in self._memo:
+            elems = sorted({(int(_ip(ip)), ip, n) for p in holders if (n := p.port_number(name, protocol)) is not None
+                            for ip in p.ips if _ip(ip).version == fam})
+            out = [f"{ip} . {protocol.lower()} . {n}" for _, ip, n in elems]
+            if memo is None:
+                return out
+            self._memo[key] = out  # type: ignore[assignment]
+        return self._memo[key]  # type: ignore[return-value]
+
 
 @functools.lru_cache(maxsize=1 << 16)
 def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -141,12 +154,19 @@ class _Writer:
         self.chains: list[str] = []
         self.rules = 0
         self.elements = 0
+        self._by_content: dict[tuple, str] = {}
 
-    def add_set(self, name: str, typ: str, elements: Sequence[str], interval: bool = False) -> None:
-        flags = " flags interval;" if interval else ""
-        elems = f" elements = {{ {', '.join(elements)} }};" if elements else ""
-        self.sets.append(f"\tset {name} {{ type {typ};{flags}{elems} }}")
-        self.elements += len(elements)
+    def set_for(self, name: str, typ: str, elements: Sequence[str], interval: bool = False) -> str:
+        """The name of a set with these elements: an identical set made earlier (policies repeat the same
+        selectors and named ports), or a new one called `name`."""
+        key = (typ, interval, tuple(elements))
+        if key not in self._by_content:
+            flags = " flags interval;" if interval else ""
+            elems = f" elements = {{ {', '.join(elements)} }};" if elements else ""
+            self.sets.append(f"\tset {name} {{ type {typ};{flags}{elems} }}")
+            self.elements += len(elements)
+            self._by_content[key] = name
+        return self._by_content[key]
 
     def add_map(self, name: str, typ: str, elements: Sequence[str]) -> None:
         elems = f" elements = {{ {', '.join(elements)} }};" if elements else ""
@@ -164,9 +184,9 @@ class _Writer:
         return "\n".join(self.sets + self.chains) + "\n"
 
 
-def _port_matches(rule: Rule, fam: int, named_sets: dict[tuple[int, int], str]) -> list[str]:
+def _port_matches(rule: Rule, fam: int, named_set: Callable[[int, int], str]) -> list[str]:
     """One match per NetworkPolicyPort of the rule, for family `fam`; [""] = any port, any protocol.
-    `named_sets[(port index, family)]`: the set resolving a named port ("" when no pod has it)."""
+    `named_set(port index, family)`: the set resolving a named port ("" when no pod has it)."""
     if not rule.ports:
         return [""]
     out = []
@@ -177,8 +197,8 @@ def _port_matches(rule: Rule, fam: int, named_sets: dict[tuple[int, int], str]) 
         elif isinstance(port.port, int):
             rng = f"{port.port}-{port.end_port}" if port.end_port not in (None, port.port) else str(port.port)
             out.append(f"meta l4proto {proto} th dport {rng}")
-        elif named_sets.get((j, fam)):
-            out.append(f"{_IP[fam]} daddr . meta l4proto . th dport @{named_sets[(j, fam)]}")
+        elif name := named_set(j, fam):
+            out.append(f"{_IP[fam]} daddr . meta l4proto . th dport @{name}")
     return out
 
 
@@ -206,36 +226,38 @@ def _compile_direction(w: _Writer, idx: _Index, i: int, pol: NetworkPolicy, ingr
             peers = _collapse(nets)
         # named ports: resolved on the destination pod - the target for ingress, the peer for egress
         # (every pod of the cluster when `to` is empty; an ipBlock peer never has named ports)
-        named: dict[tuple[int, int], str] = {}
-        pending: dict[str, tuple[str, list[str]]] = {}  # named-port sets, created when a line uses them
+        named: dict[tuple[int, int], list[str]] = {}  # (port index, family) -> "address . proto . port"
         for j, port in enumerate(rule.ports):
             if not isinstance(port.port, str):
                 continue
-            holders = targets if ingress else (peer_pods if rule.peers else idx.pods)
+            if ingress:
+                holders, memo = targets, None
+            else:  # egress peers repeat across policies (often: every pod), so their resolution is memoised
+                holders, memo = (peer_pods, (pol.namespace, rule.peers)) if rule.peers else (idx.pods, ("*",))
             for fam in (4, 6):
-                elems = sorted({(int(_ip(ip)), ip, n) for p in holders
-                                if (n := p.port_number(port.port, port.protocol)) is not None
-                                for ip in p.ips if _ip(ip).version == fam})
-                named[(j, fam)] = f"p{i}-{d}{r}-np{j}-v{fam}" if elems else ""
+                elems = idx.named_port(holders, port.port, port.protocol, fam, memo)
                 if elems:
-                    pending[named[(j, fam)]] = (f"{_ADDR_TYPE[fam]} . inet_proto . inet_service",
-                                                [f"{ip} . {port.protocol.lower()} . {n}" for _, ip, n in elems])
+                    named[(j, fam)] = elems
+
+        def named_set(j: int, fam: int, r: int = r, named: dict = named) -> str:  # made when a line uses it
+            if (j, fam) not in named:
+                return ""
+            return w.set_for(f"p{i}-{d}{r}-np{j}-v{fam}", f"{_ADDR_TYPE[fam]} . inet_proto . inet_service",
+                             named[(j, fam)])
+
         for fam in (4, 6):
             if peers is None:
                 peer_match = ""
             elif not peers[fam]:
                 continue  # no peer of this family: this rule allows nothing here
             else:
-                name = f"p{i}-{d}{r}-v{fam}"
-                w.add_set(name, _ADDR_TYPE[fam], [_element(n) for n in peers[fam]], interval=True)
+                name = w.set_for(f"p{i}-{d}{r}-v{fam}", _ADDR_TYPE[fam], [_element(n) for n in peers[fam]],
+                                 interval=True)
                 peer_match = f"{_IP[fam]} {peer_dir} @{name}"
-            for pm in _port_matches(rule, fam, named):
+            for pm in _port_matches(rule, fam, named_set):
                 line = " ".join(x for x in (peer_match, pm, "accept", comment) if x)
                 if line not in lines:  # family-independent lines (no peers, numeric ports) once
                     lines.append(line)
-                used = pm.rpartition("@")[2] if "@" in pm else ""
-                if used in pending:
-                    w.add_set(used, *pending.pop(used))
     w.add_chain(f"p{i}-{d}", lines)
     return len(lines)
 
