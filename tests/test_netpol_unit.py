@@ -191,8 +191,8 @@ def test_peer_selectors():
     assert "p0-in2-v4" not in s                                     # a, d again: the set of rule 0 is reused
     assert s["p0-in3-v4"] == ["10.1.2.4"]                           # f
     assert "p0-in4-v4" not in s                                     # selects nobody: no line at all
-    assert chain(c.body, "p0-in") == [f'ip saddr @p0-in{r}-v4 accept comment "x/p"' for r in (0, 1, 0, 3)]
-    assert s["in4"] == ["10.1.1.2 : goto in-s0"] and c.policies == {"x/p": 4}
+    assert chain(c.body, "p0-in") == [f'ip saddr @p0-in{r}-v4 accept comment "x/p"' for r in (0, 1, 3)]  # rule 2 = rule 0
+    assert s["in4"] == ["10.1.1.2 : goto in-s0"] and c.policies == {"x/p": 3}
 
 
 def test_ipblock_and_pods_in_one_rule_are_a_union():
