@@ -356,3 +356,21 @@ def test_reflector_lists_watches_resumes_and_relists():
     assert client.calls[:5] == [("list", path), ("watch", path, "10"), ("watch", path, "15"), ("list", path),
                                 ("watch", path, "20")]
     assert [p.name for p in st.snapshot()[0].policies] == ["p2"]     # the relist replaced the collection
+
+
+def test_collapse_equals_ipaddress_collapse():
+    import ipaddress
+
+    from pycni.agent.netpol_compile import _collapse
+    rnd = random.Random(11)
+    for _ in range(200):
+        nets = []
+        for _ in range(rnd.randint(0, 40)):
+            if rnd.random() < 0.7:
+                nets.append(ipaddress.ip_network(f"10.0.{rnd.randint(0, 3)}.{rnd.randint(0, 255)}/{rnd.randint(24, 32)}",
+                                                 strict=False))
+            else:
+                nets.append(ipaddress.ip_network(f"fd00::{rnd.randint(0, 300):x}/{rnd.randint(118, 128)}", strict=False))
+        got = _collapse(nets)
+        for v in (4, 6):
+            assert got[v] == list(ipaddress.collapse_addresses([n for n in nets if n.version == v]))

@@ -106,6 +106,23 @@ class _Index:
             self._memo[key] = [p for ns in namespaces for p in self.by_ns.get(ns, []) if pod_sel.matches(p.labels)]
         return self._memo[key]
 
+    def rule_peers(self, peers: tuple[Peer, ...], policy_ns: str) -> tuple[list[Pod], dict[int, list[Net]]]:
+        """The pods a rule's peers select, and every address they allow (pods + ipBlocks minus except),
+        collapsed per family."""
+        key = ("rule", peers, policy_ns)
+        if key not in self._memo:
+            pods: list[Pod] = []
+            nets: list[Net] = []
+            for peer in peers:
+                if peer.ip_block is not None:
+                    nets += peer.ip_block.networks()
+                else:
+                    selected = self.peer_pods(peer, policy_ns)
+                    pods += selected
+                    nets += _nets(ip for p in selected for ip in p.ips)
+            self._memo[key] = (pods, _collapse(nets))  # type: ignore[assignment]
+        return self._memo[key]  # type: ignore[return-value]
+
     def named_port(self, holders: list[Pod], name: str, protocol: str, fam: int, memo: tuple | None) -> list[str]:
         """`address . protocol . number` for each address of family `fam` of the `holders` that have a
         container port `name` with that protocol (NetworkPolicyPort: named ports resolve per pod)."""
@@ -135,10 +152,27 @@ def _nets(addresses: Iterable[str]) -> list[Net]:
 
 
 def _collapse(nets: Iterable[Net]) -> dict[int, list[Net]]:
-    by_fam: dict[int, list[Net]] = {4: [], 6: []}
+    """Per family, the fewest networks covering exactly the union of `nets`, in address order (what
+    ipaddress.collapse_addresses does, on integer intervals: thousands of pod addresses per rule)."""
+    spans: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
     for n in nets:
-        by_fam[n.version].append(n)
-    return {v: list(ipaddress.collapse_addresses(ns)) for v, ns in by_fam.items()}  # type: ignore[arg-type]
+        start = int(n.network_address)
+        spans[n.version].append((start, start + (1 << (n.max_prefixlen - n.prefixlen)) - 1))
+    out: dict[int, list[Net]] = {4: [], 6: []}
+    for v, items in spans.items():
+        merged: list[list[int]] = []
+        for start, end in sorted(items):
+            if merged and start <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        cls = ipaddress.IPv4Address if v == 4 else ipaddress.IPv6Address
+        for start, end in merged:
+            if start == end:
+                out[v].append(_host(str(cls(start))))
+            else:
+                out[v].extend(ipaddress.summarize_address_range(cls(start), cls(end)))
+    return out
 
 
 def _element(net: Net) -> str:
@@ -215,15 +249,7 @@ def _compile_direction(w: _Writer, idx: _Index, i: int, pol: NetworkPolicy, ingr
         peer_pods: list[Pod] = []
         peers: dict[int, list[Net]] | None = None
         if rule.peers:
-            nets: list[Net] = []
-            for peer in rule.peers:
-                if peer.ip_block is not None:
-                    nets += peer.ip_block.networks()
-                else:
-                    pods = idx.peer_pods(peer, pol.namespace)
-                    peer_pods += pods
-                    nets += _nets(ip for p in pods for ip in p.ips)
-            peers = _collapse(nets)
+            peer_pods, peers = idx.rule_peers(rule.peers, pol.namespace)
         # named ports: resolved on the destination pod - the target for ingress, the peer for egress
         # (every pod of the cluster when `to` is empty; an ipBlock peer never has named ports)
         named: dict[tuple[int, int], list[str]] = {}  # (port index, family) -> "address . proto . port"
@@ -272,11 +298,13 @@ def compile_node(snap: Snapshot, node: str) -> Compiled:
 
     # which policies isolate each local pod, per direction
     sel: dict[str, list[tuple[Pod, tuple[int, ...]]]] = {"in": [], "eg": []}
+    by_ns: dict[str, list[int]] = {}
+    for i, pol in enumerate(policies):
+        by_ns.setdefault(pol.namespace, []).append(i)
     for pod in local:
+        matching = [i for i in by_ns.get(pod.namespace, ()) if policies[i].pod_selector.matches(pod.labels)]
         for d in ("in", "eg"):
-            mine = tuple(i for i, pol in enumerate(policies)
-                         if (pol.ingress if d == "in" else pol.egress) is not None
-                         and pol.namespace == pod.namespace and pol.pod_selector.matches(pod.labels))
+            mine = tuple(i for i in matching if (policies[i].ingress if d == "in" else policies[i].egress) is not None)
             if mine:
                 sel[d].append((pod, mine))
 
