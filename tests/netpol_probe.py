@@ -8,7 +8,7 @@
                                             line on stdin sends it and prints the echo ("dead" when
                                             no echo comes back within 2 s)
     netpol_probe.py stream SECONDS SPEC...  for SECONDS: new TCP/UDP requests to every SPEC in turn
-                                            (0.5 s timeout each) plus one long TCP connection echoing
+                                            (2 s timeout each) plus one long TCP connection echoing
                                             a message every 10 ms; prints {"ok": n, "failed": [...]}
 """
 
@@ -103,13 +103,13 @@ def stream(seconds: float, specs: list[str]) -> None:
     ok, failed = 0, []
     first = next(s for s in specs if s.startswith("tcp:"))
     _, addr, port = first.split(":", 1)[0], *first.split(":", 1)[1].rsplit(":", 1)
-    long = socket.create_connection((addr, int(port)), timeout=2)
+    long = socket.create_connection((addr, int(port)), timeout=5)
     end = time.monotonic() + seconds
     i = 0
     while time.monotonic() < end:
         spec = specs[i % len(specs)]
         i += 1
-        if request(spec, 0.5):
+        if request(spec, 2.0):
             ok += 1
         else:
             failed.append(f"{spec} at {seconds - (end - time.monotonic()):.2f}s")
