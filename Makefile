@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 NATIVE_SHIM ?= 0
 
 .PHONY: all deps venv build install uninstall test test-unit test-agent test-cluster kind-e2e check demo clean bundle stress bench \
-	conformance e2e-build
+	conformance e2e-build bench-netpol
 
 all: venv build
 
@@ -94,6 +94,10 @@ conformance: e2e-build
 # pycni against the Go reference plugins, same machine, same run (docs/performance.md); as root.
 bench: venv build
 	$(VPY) bench/bench.py
+
+# NetworkPolicy: compile and load cost for synthetic clusters (docs/networkpolicy.md "Cost"); root.
+bench-netpol: venv
+	$(VPY) bench/netpol_scale.py
 
 # Reliability at scale (docs/reliability.md): crash sweep + a 5,000-operation storm with SIGKILLs; root.
 STRESS_ARGS ?=
