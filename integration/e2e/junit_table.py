@@ -3,7 +3,7 @@
     python3 junit_table.py FOCUS SKIP junit_01.xml...
 
 Ginkgo's report lists every spec of the suite; specs outside FOCUS (or inside SKIP) were never
-selected and are left out. Each row: test name, result (passed / FAILED / skipped), seconds, and for a
+selected and are left out; the suite's own nodes (BeforeSuite, ...) appear only when they failed. Each row: test name, result (passed / FAILED / skipped), seconds, and for a
 failure or a skip the first line of its message. Stdlib only.
 """
 
@@ -20,7 +20,10 @@ def rows(focus: str, skip: str, paths: list[str]) -> list[tuple[str, str, float,
     for path in paths:
         for case in ET.parse(path).getroot().iter("testcase"):
             name = case.get("name", "")
-            if not want.search(name) or (unwanted and unwanted.search(name)):
+            suite_node = not name.startswith("[It]")  # [SynchronizedBeforeSuite] ...: listed when they fail
+            if suite_node and case.find("failure") is None and case.find("error") is None:
+                continue
+            if not suite_node and (not want.search(name) or (unwanted and unwanted.search(name))):
                 continue
             seconds = float(case.get("time") or 0)
             failure = case.find("failure")
