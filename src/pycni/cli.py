@@ -29,7 +29,9 @@ PLUGINS = {"pycni": "pycni.bridge.verbs", "pycni-host-local": "pycni.ipam.verbs"
 _VERB_FUNCS = {"ADD": "add", "DEL": "delete", "CHECK": "check", "STATUS": "status", "GC": "gc"}
 
 # `pycni <name> ...` -> "module:function" taking the remaining argv and returning an exit status.
-SUBCOMMANDS = {"daemon": "pycni.daemon.server:main", "agent": "pycni.agent.main:main"}
+SUBCOMMANDS = {"daemon": "pycni.daemon.server:main", "agent": "pycni.agent.main:main",
+               "leases": "pycni.inspect.leases:main", "status": "pycni.inspect.status:main",
+               "gc": "pycni.inspect.gc_preview:main"}
 
 MAX_STDIN = 1 << 20  # spec.env.MAX_CONFIG_BYTES (a test keeps them equal; spec.env is not imported here)
 

@@ -44,7 +44,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import __version__, runstate
 from .daemon import spool
-from .inspect import netconfs, pools
+from .inspect import attachments, netconfs, pools
 
 log = logging.getLogger("pycnid.metrics")
 ENV = "PYCNI_METRICS_ADDRESS"
@@ -200,42 +200,19 @@ class _GcProbe:
     def _stale_leases(self) -> set[str]:
         if self.pool is None:
             return set()
-        out = set()
-        for ip in pools.leased_addresses(self.pool.path):
-            owner = _lease_owner(os.path.join(self.pool.path, str(ip)))
-            if owner is not None and owner not in self.valid and (owner[0], None) not in self.valid:
-                out.add(str(ip))
-        return out
+        return {lease.address for lease in attachments.leases(self.pool.data_dir, self.network)
+                if lease.container_id is not None and (lease.container_id, lease.ifname) not in self.valid}
 
     def _stale_links(self) -> set[str]:
         if not self.with_links:
             return set()
-        from .bridge import links
-        from .bridge.verbs import alias_prefix
-
-        prefix = alias_prefix(self.network)
-        out = set()
-        for link in links.links_with_alias_prefix(prefix):
-            parts = link.alias[len(prefix):].split(":", 3)  # key:network:ifname:containerID
-            if len(parts) == 4 and (parts[3], parts[2]) not in self.valid:
-                out.add(link.name)
-        return out
+        return {v.name for v in attachments.veths()
+                if v.network == self.network and (v.container_id, v.ifname) not in self.valid}
 
     def removed(self) -> tuple[int, int]:
         leases_after = {str(ip) for ip in pools.leased_addresses(self.pool.path)} if self.pool else set()
         links_after = self._stale_links() if self.links else set()
         return len(self.leases - leases_after), len(self.links - links_after)
-
-
-def _lease_owner(path: str) -> tuple[str, str | None] | None:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(4096).decode("utf-8", "replace")
-    except OSError:
-        return None
-    lines = data.split("\r\n") if "\r\n" in data else data.splitlines()
-    cid = lines[0].strip() if lines else ""
-    return (cid, lines[1].strip() if len(lines) > 1 else None) if cid else None
 
 
 class _Collected:
