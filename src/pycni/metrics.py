@@ -77,7 +77,7 @@ class Metrics:
         self.in_flight = Gauge("pycni_requests_in_flight", "CNI requests being served", registry=r)
         self.standalone = Counter("pycni_standalone_requests", "CNI requests the exec'd plugin served itself "
                                   "(daemon absent or refused), from the standalone spool",
-                                  ["plugin", "verb", "reason"], registry=r)
+                                  ["plugin", "verb", "reason"], registry=None)  # _Collected: after the spool
         self.gc_runs = Counter("pycni_gc_runs", "GC verbs served by the daemon", ["network", "result"], registry=r)
         self.gc_removed = Counter("pycni_gc_removed", "What GC verbs removed (lease files, host veths)",
                                   ["network", "kind"], registry=r)
@@ -226,6 +226,7 @@ class _Collected:
 
     def collect(self):
         self.m.take_spool()
+        yield from self.m.standalone.collect()
         leases = GaugeMetricFamily("pycni_ipam_leases", "Leases held in a host-local range",
                                    labels=["network", "range", "subnet"])
         cap = GaugeMetricFamily("pycni_ipam_capacity", "Addresses a host-local range can hand out",
