@@ -111,7 +111,7 @@ def test_requests_served_standalone_are_counted_from_the_spool(env, netns, conf,
     served = env.run("ADD", conf, pod, **warm(mdaemon))  # the daemon's own node: served, nothing spooled
     assert served.returncode == 0
     env.delete(conf, pod, **warm(mdaemon))
-    assert not (tmp_path / "run" / "standalone.spool").exists()
+    assert (tmp_path / "run" / "standalone.spool").read_text() == ""  # created by the daemon, still empty
     pod2 = env.pod()
     res = in_ns_plugin(other, conf, pod2, {"PYCNI_SOCKET": str(mdaemon.sock)})
     assert res.returncode == 0, res.stderr
@@ -123,12 +123,12 @@ def test_requests_served_standalone_are_counted_from_the_spool(env, netns, conf,
     s = scrape(env.node)
     assert value(s, "pycni_standalone_requests_total", plugin="pycni", verb="ADD", reason="refused") == 1
     assert value(s, "pycni_standalone_requests_total", plugin="pycni", verb="DEL", reason="absent") == 1
-    assert not spool.exists()
+    assert spool.read_text() == ""
     s = scrape(env.node)  # counted once
     assert value(s, "pycni_standalone_requests_total", plugin="pycni", verb="ADD", reason="refused") == 1
     # PYCNI_NO_DAEMON is the operator's choice, not a fallback: not counted
     res = in_ns_plugin(env.node, conf, pod2, {"PYCNI_NO_DAEMON": "1", "PYCNI_SOCKET": str(mdaemon.sock)}, "DEL")
-    assert res.returncode == 0 and not spool.exists()
+    assert res.returncode == 0 and spool.read_text() == ""
 
 
 def in_ns_plugin(node: str, conf: dict, pod, extra: dict, command: str = "ADD"):

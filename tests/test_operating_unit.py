@@ -22,11 +22,14 @@ from pycni.ipam.ranges import Range
 
 def test_spool_counts_each_line_once_and_removes_the_file(tmp_path):
     sock = str(tmp_path / "pycni.sock")
+    spool.record(sock, "pycni", "ADD", "absent")  # no daemon ever ran here: no spool, nothing written
+    assert not (tmp_path / spool.SPOOL_NAME).exists()
+    assert spool.drain(sock) == []  # a daemon starts: an empty spool from now on
     spool.record(sock, "pycni", "ADD", "absent")
     spool.record(sock, "pycni-host-local", "DEL", "refused")
     spool.record(sock, "pycni", "VERSION", "absent")  # not counted: no work
     assert spool.drain(sock) == [("pycni", "ADD", "absent"), ("pycni-host-local", "DEL", "refused")]
-    assert not (tmp_path / spool.SPOOL_NAME).exists()
+    assert (tmp_path / spool.SPOOL_NAME).read_bytes() == b""  # taken in, replaced by an empty one
     assert spool.drain(sock) == []
 
 
@@ -41,6 +44,7 @@ def test_spool_never_creates_the_run_dir_and_stops_at_its_limit(tmp_path):
 
 def test_spool_lines_cannot_be_forged_by_odd_values(tmp_path):
     sock = str(tmp_path / "pycni.sock")
+    spool.ensure(sock)
     spool.record(sock, "pycni", "ADD\nfake 1 2", "absent")
     assert spool.drain(sock) == [("pycni", "ADDfake12", "absent")]
 
@@ -179,8 +183,9 @@ def test_unknown_log_format_is_a_config_error(tmp_path):
 def test_cold_path_never_imports_prometheus_client(tmp_path):
     conf = {"cniVersion": "1.0.0", "name": "coldnet", "type": "pycni", "bridge": "cni0",
             "ipam": {"type": "pycni-host-local", "ranges": [[{"subnet": "10.6.0.0/24"}]], "dataDir": str(tmp_path)}}
+    spool.ensure(str(tmp_path / "none.sock"))  # a daemon ran here once
     proc, modules = imports_of("DEL", conf, CNI_CONTAINERID="gone-1", CNI_IFNAME="eth0", CNI_PATH="/nonexistent",
                                PYCNI_SOCKET=str(tmp_path / "none.sock"), PYCNI_NO_DAEMON="0")
     assert proc.returncode == 0, proc.stderr
-    assert "pycni.daemon.spool" in modules  # the fallback was recorded (cheaply)...
+    assert spool.drain(str(tmp_path / "none.sock")) == [("pycni", "DEL", "absent")]  # recorded (cheaply)...
     assert not {m for m in modules if m.startswith(("prometheus_client", "pycni.metrics", "pycni.inspect"))}

@@ -5,10 +5,11 @@ The exec'd plugin appends one line per such request to `standalone.spool` next t
 socket (`<plugin> <verb> <reason>`); the daemon takes the file in when it starts and again on every
 metrics scrape (rename, read, unlink), so the counts reach Prometheus as soon as a daemon runs.
 Cheap on purpose - this runs on the cold path, before any heavy import: only `os`, one open(2) with
-O_APPEND and one write(2). Nothing is written when the socket's directory does not exist (a node
-that never ran a daemon keeps no spool), nor past MAX_BYTES (a node whose daemon is gone for good
-does not fill /run); a line lost to either limit or to the rename race is a count missed, never
-a request affected. VERSION is not counted: runtimes call it freely and it does no work.
+O_APPEND and one write(2). The plugin never creates the file: the daemon does (ensure(), at start and
+after each drain), so a node that never ran a daemon (and a test run on a workstation) keeps no
+spool, while one whose daemon stopped or died keeps counting until the next start. Nothing is
+written past MAX_BYTES (a node whose daemon is gone for good does not fill /run); a line lost to
+that limit or to the rename race is a count missed, never a request affected. VERSION is not counted: runtimes call it freely and it does no work.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ def record(socket_path: str, plugin: str, verb: str, reason: str) -> None:
     if verb == "VERSION":
         return
     try:
-        fd = os.open(path_for(socket_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
+        fd = os.open(path_for(socket_path), os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return
     try:
@@ -46,14 +46,25 @@ def record(socket_path: str, plugin: str, verb: str, reason: str) -> None:
         os.close(fd)
 
 
+def ensure(socket_path: str) -> None:
+    """Create the (empty) spool if there is none: from now on, plugins that run standalone count."""
+    try:
+        os.close(os.open(path_for(socket_path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600))
+    except OSError:
+        pass
+
+
 def drain(socket_path: str) -> list[tuple[str, str, str]]:
-    """Take the spool in: [(plugin, verb, reason)], the file removed. A line is counted once."""
+    """Take the spool in: [(plugin, verb, reason)]; an empty spool replaces it. A line is counted once."""
     path = path_for(socket_path)
     taken = f"{path}.{os.getpid()}"
     try:
         os.rename(path, taken)
     except OSError:
+        ensure(socket_path)
         return []
+    ensure(socket_path)
     try:
         fd = os.open(taken, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
