@@ -66,8 +66,8 @@ def formatter(fmt: str, plain: str = PLAIN) -> logging.Formatter:
 def add_argument(parser, env: str = ENV) -> None:
     import os
 
-    parser.add_argument("--log-format", choices=FORMATS, default=choose(os.environ.get(env)) if
-                        choose(os.environ.get(env)) in FORMATS else "plain",
+    default = choose(os.environ.get(env))
+    parser.add_argument("--log-format", choices=FORMATS, default=default if default in FORMATS else "plain",
                         help=f"plain (default) or json: one object per line (default ${env})")
 
 
