@@ -152,9 +152,11 @@ def test_agent_reconcile_rounds_and_removed_routes_are_exported(env, mdaemon, tm
     proc = subprocess.run(["nsenter", f"--net={ns_path(env.node)}", "--", sys.executable, "-m", "pycni.agent",
                            "--node-name", "n1", "--nodes-file", str(nodes), "--masq-backend", "none", "--once",
                            "--cni-bin-dir", str(tmp_path / "agent-bin"), "--cni-conf-dir", str(tmp_path / "agent-conf"),
-                           "--state-file", str(tmp_path / "agent.json")], capture_output=True, text=True, timeout=60,
-                          check=False)
+                           "--state-file", str(tmp_path / "agent.json"), "--log-format", "json"],
+                          capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    logged = [json.loads(line) for line in proc.stderr.splitlines()]  # --log-format json: one object per line
+    assert any("10.250.7.0/24" in x["msg"] and x["logger"] == "pycni.agent" for x in logged), proc.stderr
     assert "10.250.7.0/24" not in in_ns(env.node, "ip", "route").stdout
     s = scrape(env.node)
     assert value(s, "pycni_agent_reconcile_runs_total") == 1
