@@ -7,7 +7,7 @@
 #     netpol       --ginkgo.focus='\[sig-network\] Netpol|NetworkPolicy API'   (the NetworkPolicy suites)
 #     all          both, one after the other
 #     ci           the fixed subset CI runs (CI_FOCUS below; docs/networkpolicy.md says which and how long)
-#   FOCUS=regex run.sh custom                any other selection
+#   FOCUS=regex [NAME=dir] run.sh custom     any other selection (report in build/e2e/$NAME, default custom)
 #
 # Every suite skips $SKIP (tests that cannot pass on these machines, each with its reason in
 # docs/e2e-results.md). Reports: build/e2e/<suite>/junit_01.xml (JUnit), e2e.log (the whole output) and
@@ -81,7 +81,7 @@ case $SUITE in
   netpol) run_suite netpol "$NETPOL_FOCUS" || rc=$? ;;
   all) run_suite conformance "$CONFORMANCE_FOCUS" || rc=$?; run_suite netpol "$NETPOL_FOCUS" || rc=$? ;;
   ci) run_suite ci "$CI_FOCUS" || rc=$? ;;
-  custom) run_suite custom "${FOCUS:?FOCUS=regex}" || rc=$? ;;
+  custom) run_suite "${NAME:-custom}" "${FOCUS:?FOCUS=regex}" || rc=$? ;;
   *) sed -n '2,22p' "$0" >&2; exit 2 ;;
 esac
 exit $rc
