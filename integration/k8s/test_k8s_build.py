@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-VERSIONS = dict(re.findall(r"^(\w+)=(\S+)", (HERE / "versions.env").read_text(), re.M))
+VERSIONS = dict(re.findall(r"^(\w+)=(\S+)", (HERE / "versions.env").read_text(), re.MULTILINE))
 VERSIONS.update(ETCD_NUM=VERSIONS["ETCD_VERSION"].lstrip("v"), COREDNS_NUM=VERSIONS["COREDNS_VERSION"].lstrip("v"))
 CACHE = Path(os.environ.get("PYCNI_CACHE", "/var/cache/pycni"))
 
@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.k8sbuild]
 
 
 def run(*cmd: str, env: dict | None = None, timeout: float = 600, check: bool = True) -> str:
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+    p = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL)
     if check and p.returncode != 0:
         raise AssertionError(f"{cmd} exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p.stdout + p.stderr
@@ -163,7 +163,7 @@ def test_node_image_boots_with_containerd_and_preloaded_images(docker_env):
         crictl = docker(docker_env, "exec", name, "crictl", "images")
         for ref in want:
             repo, tag = ref.rsplit(":", 1)
-            assert re.search(rf"^{re.escape(repo)}\s+{re.escape(tag)}\s", crictl, re.M), (ref, crictl)
+            assert re.search(rf"^{re.escape(repo)}\s+{re.escape(tag)}\s", crictl, re.MULTILINE), (ref, crictl)
         assert docker(docker_env, "exec", name, "cat", "/kind/version").strip() == VERSIONS["K8S_VERSION"]
         assert "Kubernetes " + VERSIONS["K8S_VERSION"] in docker(docker_env, "exec", name, "kubelet", "--version")
     finally:
