@@ -31,9 +31,9 @@ TEST_PKGS=bash,curl,netcat-openbsd,bind9-dnsutils,iproute2,iputils-ping,procps,c
 
 log() { echo "[e2e/build] $*" >&2; }
 die() { log "error: $*"; exit 1; }
-hash_of() {  # a stable key over words and file contents (files given as @path)
+hash_of() {  # a stable key over words and file contents (files given as @path; their contents only, not their paths)
   local a
-  for a in "$@"; do if [[ $a == @* ]]; then sha256sum "${a#@}"; else echo "$a"; fi; done | sha256sum | cut -c1-16
+  for a in "$@"; do if [[ $a == @* ]]; then sha256sum <"${a#@}"; else echo "$a"; fi; done | sha256sum | cut -c1-16
 }
 timed() {
   local name=$1 t0; shift
