@@ -90,8 +90,11 @@ STRESS_ARGS ?=
 stress: venv
 	$(VPY) integration/stress.py $(STRESS_ARGS)
 
+# Every test that needs no root (no namespaces): the protocol layer, the config models, the allocator,
+# host-local exec'd against the reference... Root tests carry the `root` mark (tests/conftest.py adds
+# it to any test that skips without root).
 test-unit: venv
-	$(VPY) -m pytest -q tests/test_spec_unit.py
+	$(VPY) -m pytest -q -m "not root" tests
 
 check: venv
 	$(VPY) -m ruff check src tests integration bench
