@@ -38,7 +38,7 @@ build: $(CNITOOL)
 # Self-contained bundle for nodes without Python (and without glibc): build/bundle/ and
 # build/pycni-bundle.tar.gz = pycni, pycni-host-local and pycni.d/ (see integration/bundle/README.md).
 bundle: venv
-	bash integration/bundle/build.sh
+	VENV=$(VENV) OUT=$(BUILD) bash integration/bundle/build.sh
 
 # Install both plugins into $(CNI_BIN_DIR) so that they run without this checkout and without any
 # pyenv shim: a private venv in $(PYCNI_HOME) holds the package, and each executable is a two-line

@@ -126,20 +126,37 @@ def test_rootfs_has_no_python_and_no_glibc_outside_the_bundle(rootfs):
     assert _is_static_elf(rootfs / "bin/busybox") and (rootfs / "bin/sh").is_symlink()
 
 
+def _buildinfo(d: Path) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in (d / "BUILDINFO").read_text().splitlines() if " " in line)
+
+
 def test_bundle_layout_and_buildinfo(rootfs):
     d = rootfs / "opt/cni/bin" / SUPPORT
-    for rel in ("bin/python3.11", "bin/python3", "lib/ld-linux-x86-64.so.2", "lib/libc.so.6",
-                "lib/libpython3.11.so.1.0", "lib/python3.11/os.py", "lib/python3.11/site-packages/pycni/cli.py",
-                "install.sh", "BUILDINFO"):
+    info = _buildinfo(d)
+    ver = ".".join(info["python"].split()[0].split(".")[:2])  # "3.11.2 from /usr/bin/python3.11"
+    site = info["site"]  # where the interpreter's own site.py looks (Debian: local/lib/python3.X/dist-packages)
+    for rel in (f"bin/python{ver}", "bin/python3", "lib/ld-linux-x86-64.so.2", "lib/libc.so.6",
+                f"lib/python{ver}/os.py", f"{site}/pycni/cli.py", "install.sh", "BUILDINFO"):
         assert (d / rel).exists(), rel
-    info = (d / "BUILDINFO").read_text()
+    for lib in info["libs"].split():  # the ldd closure (libpython too when the interpreter has a shared one)
+        assert (d / "lib" / lib).is_file(), lib
+    text = (d / "BUILDINFO").read_text()
     for dist in ("pydantic==", "pydantic_core==", "pyroute2==", "typing_extensions==", "annotated-types=="):
-        assert dist in info
+        assert dist in text
     # every module precompiled: unchecked-hash .pyc (flags word == 0b01), never rewritten on the node
-    pyc = d / "lib/python3.11/site-packages/pycni/__pycache__/cli.cpython-311.pyc"
+    pyc = d / site / f"pycni/__pycache__/cli.cpython-{ver.replace('.', '')}.pyc"
     flags, = struct.unpack_from("<I", pyc.read_bytes(), 4)
     assert flags == 1
-    assert not list((d / "lib/python3.11").glob("test/**")), "stdlib tests should be trimmed"
+    assert not list((d / f"lib/python{ver}").glob("test/**")), "stdlib tests should be trimmed"
+
+
+def test_bundle_is_built_from_the_expected_interpreter(bundle_dir):
+    """CI builds one bundle from Debian's own /usr/bin/python3 (static libpython, dist-packages) and runs
+    these tests on it (PYCNI_BUNDLE, PYCNI_BUNDLE_PYTHON); otherwise the bundle is the test venv's."""
+    expected = os.environ.get("PYCNI_BUNDLE_PYTHON") if os.environ.get("PYCNI_BUNDLE") else sys._base_executable
+    assert expected, "PYCNI_BUNDLE is set: say which interpreter built it in PYCNI_BUNDLE_PYTHON"
+    info = _buildinfo(bundle_dir / SUPPORT)
+    assert info["python"].split(" from ", 1)[1] == os.path.realpath(expected), info["python"]
 
 
 # -- VERSION and launcher resolution -----------------------------------------------------------------
