@@ -39,7 +39,7 @@ class IPAMModel(IPAM):
 class Config(NetConf):
     """The network configuration as host-local sees it: only `ipam` matters."""
 
-    ipam: IPAMModel  # type: ignore[assignment]
+    ipam: IPAMModel
 
 
 @dataclass(frozen=True)

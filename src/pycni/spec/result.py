@@ -204,7 +204,8 @@ class Result(_Model):
 
 def _from_020(data: dict) -> dict:
     """0.2.0 had {"ip4": {"ip", "gateway", "routes"}, "ip6": {...}, "dns"}."""
-    ips, routes = [], []
+    ips: list[dict] = []
+    routes: list = []
     for key in ("ip4", "ip6"):
         block = data.get(key)
         if not block:
