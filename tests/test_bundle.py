@@ -141,7 +141,8 @@ def test_bundle_layout_and_buildinfo(rootfs):
     for lib in info["libs"].split():  # the ldd closure (libpython too when the interpreter has a shared one)
         assert (d / "lib" / lib).is_file(), lib
     text = (d / "BUILDINFO").read_text()
-    for dist in ("pydantic==", "pydantic_core==", "pyroute2==", "typing_extensions==", "annotated-types=="):
+    for dist in ("pydantic==", "pydantic_core==", "pyroute2==", "typing_extensions==", "annotated-types==",
+                 "prometheus_client=="):
         assert dist in text
     # every module precompiled: unchecked-hash .pyc (flags word == 0b01), never rewritten on the node
     pyc = d / site / f"pycni/__pycache__/cli.cpython-{ver.replace('.', '')}.pyc"
@@ -310,3 +311,15 @@ def test_bridge_add_check_del_in_chroot(rootfs, netns, tmp_path):
         for target in reversed(mounted):
             _umount(target)
         ns_file.unlink(missing_ok=True)
+
+
+def test_inspection_commands_run_from_the_bundle(rootfs, node):
+    """`pycni leases` / `pycni status` on a node without Python (README "Operating pycni")."""
+    doc = _doc(chroot_run(rootfs, "/opt/cni/bin/pycni", None, node=node,
+                          argv=["leases", "--data-dir", "/nonexistent", "--json"]))
+    assert doc == {"leases": []}
+    proc = chroot_run(rootfs, "/opt/cni/bin/pycni", None, node=node,
+                      argv=["status", "--conf-dir", "/nonexistent", "--socket", "/nonexistent.sock", "--json"])
+    assert proc.returncode == 1, proc.stderr  # no daemon: reported as a problem
+    doc = json.loads(proc.stdout)
+    assert doc["daemon"]["running"] is False and doc["networks"] == []

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import types
 import typing
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -165,6 +165,7 @@ class NetConf(Model):
     # pycni's own logging keys (optional): where and how much to log.
     logFile: str = ""
     logLevel: str = ""
+    logFormat: Literal["", "plain", "json"] = ""  # pycni.logfmt
 
     @field_validator("ipam", mode="before")
     @classmethod
