@@ -36,6 +36,9 @@ from . import conflist, install, masq, routes
 from .nodes import SA_DIR, FileSource, KubeClient, KubeSource, NodeList, NodeSourceError
 
 log = logging.getLogger("pycni.agent")
+BR_NETFILTER_MISSING = ("br_netfilter is not loaded in this node's kernel (no /proc/sys/net/bridge): a Service "
+                        "whose backend is on the client's own node gets answers it cannot match; "
+                        "load it on the host: modprobe br_netfilter")
 
 
 class _Interrupted(BaseException):
@@ -71,6 +74,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--mtu", type=int, default=0)
     p.add_argument("--plugin-log-file", default="", help="logFile for the bridge plugin in the conflist")
     p.add_argument("--log-level", default=os.environ.get("PYCNI_AGENT_LOG_LEVEL", "INFO"))
+    p.add_argument("--ready-file", default="", help="exists exactly while the last round succeeded (a "
+                   "readiness probe tests it); removed on errors and on exit")
     args = p.parse_args(argv)
     cidrs = args.cluster_cidr or [os.environ.get("CLUSTER_CIDR", "")]
     args.cluster_cidr = [c.strip() for item in cidrs for c in item.split(",") if c.strip()]
@@ -97,12 +102,30 @@ def _sysctl(path: str, value: str) -> None:
         log.warning("cannot set %s: %s", path, exc)
 
 
+def _mark_ready(path: str, ready: bool) -> None:
+    """The readiness file: present while this node is fully prepared (bundle installed, routes, masquerade,
+    conflist written), absent otherwise."""
+    if not path:
+        return
+    try:
+        if ready:
+            with open(path, "w") as f:
+                f.write(f"{time.time():.0f}\n")
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("ready file %s: %s", path, exc)
+
+
 class Agent:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.masq = masq.backend(args.masq_backend) if not args.cleanup else None
         self.bundle_digest: str | None = None
         self.last_version = ""
+        self.said_br_netfilter = False
         if args.kube:
             self.source = KubeSource(KubeClient(sa_dir=args.kube_sa_dir))
         elif args.nodes_file:
@@ -138,6 +161,13 @@ class Agent:
             _sysctl("net/ipv6/conf/all/forwarding", "1")
         # kube-proxy (iptables/nftables) must see bridged pod-to-pod traffic, or a Service whose backend is on
         # the client's own bridge answers with the backend's address (un-DNATed). Only when br_netfilter is loaded.
+        # Without br_netfilter (a module of the node's kernel: a pod cannot load it) that case is broken: said
+        # once in the log and in every status, not an error (everything else works).
+        if not os.path.exists("/proc/sys/net/bridge"):
+            status["warnings"] = [BR_NETFILTER_MISSING]
+            if not self.said_br_netfilter:
+                log.warning("%s", BR_NETFILTER_MISSING)
+                self.said_br_netfilter = True
         for fam in ("iptables", "ip6tables"):
             if os.path.exists(f"/proc/sys/net/bridge/bridge-nf-call-{fam}"):
                 _sysctl(f"net/bridge/bridge-nf-call-{fam}", "1")
@@ -200,6 +230,7 @@ class Agent:
             if a.once:
                 print(json.dumps(status, sort_keys=True))
                 return 0 if ok else 1
+            _mark_ready(a.ready_file, ok)
             self.last_version = nodes.version
             self._wait(stop, waiting, nodes.version, a.interval)
             # a watch that returns at once (a burst of node updates, an error event) must not spin
@@ -207,6 +238,7 @@ class Agent:
             if pause > 0:
                 stop.wait(pause)
         log.info("pycni agent: stopping")
+        _mark_ready(a.ready_file, False)
         return 0
 
     def _wait(self, stop: threading.Event, waiting: list[bool], version: str, timeout: float) -> None:
@@ -264,4 +296,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return agent.run(stop, waiting)
     except _Interrupted:
+        _mark_ready(args.ready_file, False)
         return 0
