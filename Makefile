@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # NATIVE_SHIM=1: the installed executables are a ~1 ms C shim in front of the daemon
 NATIVE_SHIM ?= 0
 
-.PHONY: all deps venv build install uninstall test test-unit test-agent test-cluster kind-e2e check demo clean bundle stress bench
+.PHONY: all deps venv build install uninstall test test-unit test-agent test-cluster kind-e2e cluster-up cluster-down check demo clean bundle stress bench
 
 all: venv build
 
@@ -78,7 +78,17 @@ test-agent: venv
 test-cluster: deps venv
 	$(VPY) -m pytest -q -m cluster integration/kindlab
 
-kind-e2e: bundle
+# A real kind cluster (1 control plane + 2 workers) whose pod network is pycni (integration/kind/README.md).
+# PYCNI_KIND_MODE=offline (default): Kubernetes, kind and the node image built here (integration/k8s), our own
+# dockerd; PYCNI_KIND_MODE=registry: the docker, kind and kubectl on PATH and kind's published node image.
+cluster-up: deps bundle
+	bash integration/kind/cluster.sh up
+
+cluster-down:
+	bash integration/kind/cluster.sh down
+
+# cluster-up, every e2e check (integration/kind/e2e.py), cluster-down - also on failure.
+kind-e2e: deps bundle
 	bash integration/kind/run-e2e.sh
 
 # pycni against the Go reference plugins, same machine, same run (docs/performance.md); as root.

@@ -11,10 +11,12 @@
 #   busybox-static                the python-less, glibc-less node rootfs of the bundle test
 #   docker.io                     integration/kindlab: dockerd (started by the harness inside a node
 #                                 namespace, never as a service) runs the kind-style node containers
+#   socat                         make cluster-up: the kind API server's port, from the host's loopback into
+#                                 that namespace
 set -euo pipefail
 PKGS=(make ca-certificates python3-venv containernetworking-plugins golang-go golang-github-appc-cni-dev
       iproute2 util-linux nftables iptables iputils-ping procps
-      busybox-static containerd runc podman conmon docker.io)
+      busybox-static containerd runc podman conmon docker.io socat)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
