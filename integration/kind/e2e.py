@@ -36,11 +36,21 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "kindlab"))
 
-from kl_checks import (  # noqa: E402
-    HTTP_PORT, CheckFailed, Pod, _retry, check_cross_node, check_dns, check_host_port, check_same_node, http_get,
-    ping, start_pods, whoami,
+from kl_checks import (
+    HTTP_PORT,
+    CheckFailed,
+    Pod,
+    _retry,
+    check_cross_node,
+    check_dns,
+    check_host_port,
+    check_same_node,
+    http_get,
+    ping,
+    start_pods,
+    whoami,
 )
-from kl_kube import KubectlCluster  # noqa: E402
+from kl_kube import KubectlCluster
 
 NETWORK = "pycni"
 LEASE_DIR = f"/var/lib/cni/networks/{NETWORK}"
@@ -205,7 +215,7 @@ def check_rolling_update(k: Kind, pods: dict[str, Pod], image: str) -> None:
             log(f"  {name}: {ok} requests answered during the update, {len(fails)} failed")
             if fails or ok < 10:
                 raise CheckFailed(f"{name} lost connectivity during the rolling update: {fails[:5]} (ok={ok})")
-        for key, p in new.items():  # pods started during the update answer, across nodes, without NAT
+        for p in new.values():  # pods started during the update answer, across nodes, without NAT
             got = whoami(k, a1, p.ip)
             if got != a1.ip:
                 raise CheckFailed(f"pod {p.name} started during the update: server saw {got}, expected {a1.ip}")

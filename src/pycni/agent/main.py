@@ -8,7 +8,8 @@ use a half-prepared node:
    `net.bridge.bridge-nf-call-ip{,6}tables` where br_netfilter is loaded (Services on the same bridge);
 3. routes to every other node's pod CIDR (routes.py, proto 156);
 4. masquerading of cluster egress (masq.py);
-5. --cni-conf-dir/10-pycni.conflist, last: its appearance is what makes the node's network ready.
+5. --cni-conf-dir/10-pycni.conflist, last: its appearance is what makes the node's network ready;
+6. with --cri-socket: leases of sandboxes the runtime no longer lists are released (stale.py).
 
 Every step is idempotent and only acts on a difference, so a round with nothing to do costs a few
 netlink dumps and one `nft list`. Between rounds the agent waits --interval seconds - with --kube on
@@ -32,7 +33,7 @@ import sys
 import threading
 import time
 
-from . import conflist, install, masq, routes
+from . import conflist, install, masq, routes, stale
 from .nodes import SA_DIR, FileSource, KubeClient, KubeSource, NodeList, NodeSourceError
 
 log = logging.getLogger("pycni.agent")
@@ -74,6 +75,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--mtu", type=int, default=0)
     p.add_argument("--plugin-log-file", default="", help="logFile for the bridge plugin in the conflist")
     p.add_argument("--log-level", default=os.environ.get("PYCNI_AGENT_LOG_LEVEL", "INFO"))
+    p.add_argument("--cri-socket", default=os.environ.get("CRI_SOCKET", ""),
+                   help="the runtime's CRI socket: release leases of sandboxes it no longer has (stale.py; "
+                   "default $CRI_SOCKET, off when empty)")
+    p.add_argument("--stale-lease-grace", type=float, default=120.0,
+                   help="seconds a lease must exist before it can count as stale (default 120)")
     p.add_argument("--ready-file", default="", help="exists exactly while the last round succeeded (a "
                    "readiness probe tests it); removed on errors and on exit")
     args = p.parse_args(argv)
@@ -198,6 +204,10 @@ class Agent:
                                        log_file=a.plugin_log_file)
                 if conflist.write_atomic(path, conflist.dumps(conf)):
                     status["changes"].append(f"wrote {path}")
+                if a.cri_socket:
+                    swept = stale.reconcile(conf, a.cri_socket, a.cni_bin_dir, a.stale_lease_grace)
+                    status["changes"] += swept.released
+                    status["errors"] += swept.errors
             except (OSError, ValueError) as exc:
                 status["errors"].append(f"conflist: {exc}")
             status["conflist"] = path
