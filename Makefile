@@ -81,14 +81,14 @@ test-cluster: deps venv
 # A real kind cluster (1 control plane + 2 workers) whose pod network is pycni (integration/kind/README.md).
 # PYCNI_KIND_MODE=offline (default): Kubernetes, kind and the node image built here (integration/k8s), our own
 # dockerd; PYCNI_KIND_MODE=registry: the docker, kind and kubectl on PATH and kind's published node image.
-cluster-up: deps bundle
+cluster-up: bundle
 	bash integration/kind/cluster.sh up
 
 cluster-down:
 	bash integration/kind/cluster.sh down
 
 # cluster-up, every e2e check (integration/kind/e2e.py), cluster-down - also on failure.
-kind-e2e: deps bundle
+kind-e2e: bundle
 	bash integration/kind/run-e2e.sh
 
 # pycni against the Go reference plugins, same machine, same run (docs/performance.md); as root.

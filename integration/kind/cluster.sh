@@ -30,6 +30,7 @@ AGENT_IMAGE=${PYCNI_AGENT_IMAGE:-pycni/agent:dev}
 E2E_IMAGE=${PYCNI_E2E_IMAGE:-pycni/e2e:1}
 KIND_CONFIG=${KIND_CONFIG:-$HERE/kind-config.yaml}
 WAIT=${WAIT:-600}
+K8S_DIR=${PYCNI_K8S_DIR:-$ROOT/integration/k8s}  # integration/k8s: versions, dockerd.sh, build.sh
 STATE=$BUILD/cluster-$CLUSTER_NAME       # what `up` started (pids), for `down`
 KUBECONFIG_OUT=$BUILD/kubeconfig
 ENV_OUT=$BUILD/cluster.env
@@ -42,31 +43,35 @@ setup_tools() {
   if [ "$MODE" = offline ]; then
     # versions.env: K8S_VERSION, KIND_VERSION, NODE_IMAGE (integration/k8s owns them)
     # shellcheck source=../k8s/versions.env
-    . "$ROOT/integration/k8s/versions.env"
+    . "$K8S_DIR/versions.env"
     CACHE=${PYCNI_CACHE:-/var/cache/pycni}
     export PYCNI_DOCKER_NAME=${PYCNI_DOCKER_NAME:-kind}
     NODE_IMAGE=${PYCNI_NODE_IMAGE:-$NODE_IMAGE}
     export PATH="$HERE:$CACHE/kind/$KIND_VERSION/bin:$CACHE/k8s/$K8S_VERSION/bin:$PATH"
-    DOCKERD="$ROOT/integration/k8s/dockerd.sh"
+    DOCKERD="$K8S_DIR/dockerd.sh"
   elif [ "$MODE" = registry ]; then
     NODE_IMAGE=${KIND_IMAGE:-}
   else
     die "PYCNI_KIND_MODE must be offline or registry, not $MODE"
   fi
+}
+
+need_tools() {
+  local tool
   for tool in docker kind kubectl python3; do command -v "$tool" >/dev/null || die "$tool not found (PATH=$PATH)"; done
 }
 
 start_docker() {
   [ "$MODE" = offline ] || return 0
+  bash "$ROOT/integration/deps.sh" >&2  # dockerd (docker.io), socat, busybox-static, nftables: quick when present
   eval "$(bash "$DOCKERD" start)"
   echo "$PYCNI_DOCKER_NAME" >"$STATE/dockerd"
 }
 
-ensure_node_image() {
+ensure_node_image() {  # integration/k8s builds (once, cached) and docker-imports the node image; quick when done
   [ "$MODE" = offline ] || return 0
-  docker image inspect "$NODE_IMAGE" >/dev/null 2>&1 && return 0
-  say "loading the node image $NODE_IMAGE"
-  bash "$ROOT/integration/k8s/build.sh" load-node-image
+  say "integration/k8s/build.sh node-image (binaries, images and the node image $NODE_IMAGE; cached)"
+  bash "$K8S_DIR/build.sh" node-image >&2
   docker image inspect "$NODE_IMAGE" >/dev/null 2>&1 || die "no node image $NODE_IMAGE after integration/k8s/build.sh"
 }
 
@@ -130,6 +135,7 @@ up() {
   mkdir -p "$STATE"
   start_docker
   ensure_node_image
+  need_tools
   kind delete cluster --name "$CLUSTER_NAME" >/dev/null 2>&1 || true
   say "kind create cluster --name $CLUSTER_NAME ${NODE_IMAGE:+--image $NODE_IMAGE}"
   kind create cluster --name "$CLUSTER_NAME" ${NODE_IMAGE:+--image "$NODE_IMAGE"} --config "$KIND_CONFIG" \
@@ -153,7 +159,7 @@ EOF
 down() {
   setup_tools
   if [ "$MODE" = offline ]; then
-    if bash "$DOCKERD" status; then
+    if bash "$DOCKERD" status && command -v kind >/dev/null; then
       eval "$(bash "$DOCKERD" env)"
       kind delete cluster --name "$CLUSTER_NAME" >&2 || true
     fi
@@ -173,6 +179,6 @@ down() {
 case ${1:-} in
   up) up ;;
   down) down ;;
-  status) setup_tools; KUBECONFIG=$KUBECONFIG_OUT kubectl get --raw /readyz >/dev/null ;;
+  status) setup_tools; need_tools; KUBECONFIG=$KUBECONFIG_OUT kubectl get --raw /readyz >/dev/null ;;
   *) sed -n '2,22p' "$0" >&2; exit 2 ;;
 esac
