@@ -75,23 +75,27 @@ ensure_node_image() {  # integration/k8s builds (once, cached) and docker-import
   docker image inspect "$NODE_IMAGE" >/dev/null 2>&1 || die "no node image $NODE_IMAGE after integration/k8s/build.sh"
 }
 
-start_forwarder() {  # the API server's published port, from the host's loopback into dockerd's namespace
+start_forwarder() {  # the host's 127.0.0.1:<kubeconfig port> -> the API server, inside dockerd's namespace
   [ "$MODE" = offline ] || return 0
-  local server port ns
+  local server port ns cp_ip
   server=$(kubectl --kubeconfig "$KUBECONFIG_OUT" config view --minify -o jsonpath='{.clusters[0].cluster.server}')
   port=${server##*:}
   [[ $server == https://127.0.0.1:* && $port =~ ^[0-9]+$ ]] || die "unexpected API server address $server"
+  # straight to the control plane's address on the kind network (not docker's published port: nothing depends
+  # on how this dockerd publishes ports); the certificate names 127.0.0.1, which is what kubectl dials
+  cp_ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$CLUSTER_NAME-control-plane")
+  [[ $cp_ip =~ ^[0-9.]+$ ]] || die "no address for $CLUSTER_NAME-control-plane: $cp_ip"
   ns=/var/run/netns/pycni-docker-$PYCNI_DOCKER_NAME
   command -v socat >/dev/null || die "socat not found (integration/deps.sh installs it)"
   setsid socat "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork" \
-    "SYSTEM:exec nsenter --net=$ns socat STDIO TCP\\:127.0.0.1\\:$port" </dev/null >"$STATE/forwarder.log" 2>&1 &
+    "SYSTEM:exec nsenter --net=$ns socat STDIO TCP\\:$cp_ip\\:6443" </dev/null >"$STATE/forwarder.log" 2>&1 &
   echo $! >"$STATE/forwarder.pid"
   local i
-  for ((i = 0; i < 100; i++)); do
+  for ((i = 0; i < 150; i++)); do
     kubectl --kubeconfig "$KUBECONFIG_OUT" get --raw /readyz >/dev/null 2>&1 && return 0
     sleep 0.2
   done
-  die "the API server does not answer through the forwarder on 127.0.0.1:$port"
+  die "the API server does not answer through the forwarder 127.0.0.1:$port -> $cp_ip:6443"
 }
 
 load_images() {
