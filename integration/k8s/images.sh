@@ -27,6 +27,11 @@ ensure_debootstrap() {
     || { apt-get update -q >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap >/dev/null; }
 }
 
+run_debootstrap() {
+  debootstrap --variant=minbase --include="$DEBIAN_PKGS" --cache-dir="$DEBIAN_DIR/debs" \
+    "$DEBIAN_SUITE" "$1/rootfs" "$DEBIAN_MIRROR" >"$1/debootstrap.log" 2>&1
+}
+
 # debian_rootfs: prints the path of the cached rootfs tarball (debootstrap'd once per package list)
 debian_rootfs() {
   local key dir
@@ -37,8 +42,7 @@ debian_rootfs() {
   local tmp="$dir.tmp.$$"
   rm -rf "$tmp"; mkdir -p "$tmp/rootfs" "$DEBIAN_DIR/debs"
   log "debian rootfs: debootstrap $DEBIAN_SUITE into $tmp"
-  timed debootstrap debootstrap --variant=minbase --include="$DEBIAN_PKGS" --cache-dir="$DEBIAN_DIR/debs" \
-    "$DEBIAN_SUITE" "$tmp/rootfs" "$DEBIAN_MIRROR" >"$tmp/debootstrap.log" 2>&1 \
+  timed debootstrap run_debootstrap "$tmp" \
     || { tail -30 "$tmp/debootstrap.log" >&2; die "debootstrap failed (log $tmp/debootstrap.log)"; }
   chroot "$tmp/rootfs" apt-get clean
   rm -rf "$tmp/rootfs/var/lib/apt/lists/"* "$tmp/rootfs/var/log/"*.log

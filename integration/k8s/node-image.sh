@@ -13,7 +13,7 @@
 #     The sandbox image in containerd's config is kubeadm v1.34's (pause:3.10.1; kind's base says 3.10).
 #     No /kind/manifests/default-cni.yaml: kindnet's image cannot be built here, so clusters from this image need
 #     `networking.disableDefaultCNI: true` (pycni is the CNI).
-#  3. `docker import` of the result with kind's ENTRYPOINT, `container=docker` and systemd's stop signal.
+#  3. `docker import` of the result, then kind's ENTRYPOINT, `container=docker` and systemd's stop signal.
 # The root filesystem tarball is cached in $CACHE/kind-node/<k8s version>/<key>/node-rootfs.tar.
 
 kind_module_dir() {
@@ -135,9 +135,15 @@ build_node_image() {
   fi
   if [ "$(docker image inspect -f '{{index .Config.Labels "pycni.key"}}' "$NODE_IMAGE" 2>/dev/null)" != "$key" ]; then
     local t1; t1=$(date +%s)
-    docker import -c "LABEL pycni.key=$key" -c 'ENV container=docker' -c 'STOPSIGNAL SIGRTMIN+3' \
-      -c 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' "$dir/node-rootfs.tar" "$NODE_IMAGE" >/dev/null
-    log "node image: docker import $NODE_IMAGE in $(( $(date +%s) - t1 )) s"
+    # docker import cannot set STOPSIGNAL (systemd stops on SIGRTMIN+3; SIGTERM makes it re-execute): a
+    # Dockerfile FROM the imported root filesystem adds it (no registry: the base image is local)
+    local base="pycni/kind-node-rootfs:$key"
+    docker import "$dir/node-rootfs.tar" "$base" >/dev/null
+    printf 'FROM %s\nENV container=docker\nSTOPSIGNAL SIGRTMIN+3\nLABEL pycni.key=%s\nENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]\n' \
+      "$base" "$key" | DOCKER_BUILDKIT=0 docker build -q -t "$NODE_IMAGE" - >/dev/null 2>"$CACHE/tmp.node-build.log" \
+      || { cat "$CACHE/tmp.node-build.log" >&2; die "docker build of $NODE_IMAGE failed"; }
+    docker rmi "$base" >/dev/null  # the tag only: the layer stays under $NODE_IMAGE
+    log "node image: docker import + build $NODE_IMAGE in $(( $(date +%s) - t1 )) s"
   else
     log "node image: $NODE_IMAGE already in docker"
   fi
