@@ -9,7 +9,8 @@
 # * /proc/sys/net read-write: per network namespace, so the node's kube-proxy, pycni agent and plugin set
 #   their sysctls in the node only. The rest of /proc/sys stays read-only because it is the *host's*
 #   kernel: the kubelet's own tunables (vm.overcommit_memory, kernel.panic, ...) are answered with files
-#   holding the values it wants, so it neither fails nor changes the shared machine.
+#   holding the values it wants, so it neither fails nor changes the shared machine;
+# * containerd's restrict_oom_score_adj when CAP_SYS_RESOURCE is missing (below).
 set -eu
 say() { echo "INFO: pycni-node-preinit: $*" >&2; }
 
@@ -36,4 +37,13 @@ for kv in vm/overcommit_memory=1 vm/panic_on_oom=0 kernel/panic=10 kernel/panic_
   mount --bind "$f" "/proc/sys/$key"
 done
 say "host kernel tunables answered from /kind/sysctl"
+
+# Lowering a process's oom_score_adj needs CAP_SYS_RESOURCE, the capability we lack: runc would fail every pod
+# ("can't get final child's PID from pipe") on the kubelet's negative scores. containerd clamps them to its own
+# score with restrict_oom_score_adj, the setting kind's entrypoint uses in a user namespace for the same reason.
+capbnd=$(awk '/^CapBnd:/ {print $2}' /proc/self/status)
+if [ $(( 0x$capbnd >> 24 & 1 )) = 0 ] && [ -f /etc/containerd/config.toml ]; then
+  sed -i 's/restrict_oom_score_adj = false/restrict_oom_score_adj = true/' /etc/containerd/config.toml
+  say "no CAP_SYS_RESOURCE: containerd restrict_oom_score_adj = true"
+fi
 exec "$@"
