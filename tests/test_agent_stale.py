@@ -206,3 +206,27 @@ def test_ready_file(tmp_path):
     assert not os.path.exists(f)
     _mark_ready(f, False)  # already absent: fine
     _mark_ready("", True)  # off
+
+
+def test_release_execs_the_installed_plugin_like_a_runtime(tmp_path, store):
+    """The DEL runs CNI_PATH/pycni in its own process (the node's installed version, its own logging), with the
+    CNI environment and the network configuration on stdin."""
+    conf, d, lease = store
+    lease("10.244.1.8", "gone", "eth0")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    record = tmp_path / "record"
+    (bindir / "pycni").write_text(f"#!/bin/sh\n{{ env | grep ^CNI_ | sort; cat; }} > {record}\n"
+                                  f"rm -f {d}/10.244.1.8\n")
+    (bindir / "pycni").chmod(0o755)
+    out = stale.reconcile(conf, "/x.sock", str(bindir), 120, list_sandboxes=lambda p: [cri.Sandbox("x", 0)])
+    assert out.errors == [] and len(out.released) == 1
+    text = record.read_text()
+    assert "CNI_COMMAND=DEL\n" in text and "CNI_CONTAINERID=gone\n" in text and "CNI_NETNS=\n" in text
+    assert f"CNI_PATH={bindir}\n" in text and json.loads(text[text.index("{"):])["type"] == "pycni"
+    assert not (d / "10.244.1.8").exists()
+    # a plugin that fails (or is missing) is reported, the lease stays
+    lease("10.244.1.9", "gone2")
+    out = stale.reconcile(conf, "/x.sock", str(tmp_path / "nowhere"), 120,
+                          list_sandboxes=lambda p: [cri.Sandbox("x", 0)])
+    assert out.released == [] and "DEL failed" in out.errors[0] and (d / "10.244.1.9").exists()

@@ -247,7 +247,14 @@ def check_reboot(k: Kind, pods: dict[str, Pod]) -> None:
     on_victim = [p for p in pods.values() if p.node == victim]
     before = {p.name: [s["id"] for s in k.sandboxes(victim) if s["name"] == p.name and s["state"] == "SANDBOX_READY"]
               for p in on_victim}
-    log(f"restarting node container {victim} (pods {', '.join(p.name for p in on_victim)})")
+    # A lease of a sandbox the runtime never had (what a runtime that lost its state leaves): only the agent's
+    # sweep (CRI ListPodSandbox, then CNI DEL) can release it; 1 h old, so past the sweep's grace period.
+    cidr = json.loads(k.kubectl("get", "node", victim, "-o", "json").stdout)["spec"]["podCIDR"]
+    planted = cidr.rsplit(".", 1)[0] + ".250"
+    ghost = hashlib.sha256(f"pycni-e2e-ghost-{time.time()}".encode()).hexdigest()
+    k.node_sh(victim, f"printf '%s\\r\\neth0' {ghost} > {LEASE_DIR}/{planted} && touch -d '-1 hour' {LEASE_DIR}/{planted}")
+    log(f"restarting node container {victim} (pods {', '.join(p.name for p in on_victim)}; "
+        f"planted a lease {planted} of an unknown sandbox {ghost[:12]})")
     subprocess.run([k.docker, "restart", "-t", "10", victim], check=True, capture_output=True, timeout=180)
 
     def node_ready():
@@ -281,11 +288,11 @@ def check_reboot(k: Kind, pods: dict[str, Pod]) -> None:
 
     def no_dead_leases():  # every lease on the node belongs to a sandbox the runtime still runs
         live = {s["id"] for s in k.sandboxes(victim) if s["state"] == "SANDBOX_READY"}
-        dead = {ip: cid for ip, cid in k.lease_owners(victim).items() if cid not in live}
+        dead = {ip: cid[:12] for ip, cid in k.lease_owners(victim).items() if cid not in live}
         if dead:
             raise CheckFailed(f"leases of dead sandboxes on {victim}: {dead}")
         return True
-    wait(no_dead_leases, f"no lease of a dead sandbox on {victim}", 180, interval=5)
+    wait(no_dead_leases, f"no lease of a dead sandbox on {victim}", 300, interval=5)
 
 
 # -- cleanup -----------------------------------------------------------------------------------------------------

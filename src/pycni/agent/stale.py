@@ -14,9 +14,10 @@ Rules:
 * a lease younger than `grace` seconds is left alone: containerd lists a sandbox only once RunPodSandbox,
   whose CNI ADD made the lease, has finished;
 * release = CNI DEL (SPEC.md "DEL": CNI_NETNS may be empty; missing things are not errors) of the bridge
-  plugin with this network's configuration, run in this process: veth, masquerade entries and (through
-  the delegated IPAM plugin) the lease. Not CNI GC: GC removes everything missing from its list, which
-  would race with an ADD that starts after the list was taken; a DEL names one dead attachment.
+  plugin with this network's configuration, exec'd from the node's CNI bin dir as a runtime would (the
+  installed version, its own process and logging): veth, masquerade entries and (through the delegated
+  IPAM plugin) the lease. Not CNI GC: GC removes everything missing from its list, which would race with an
+  ADD that starts after the list was taken; a DEL names one dead attachment.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import subprocess
 import time
 from dataclasses import dataclass, field
 
@@ -69,8 +71,18 @@ def delete_request(conflist: dict, container_id: str, ifname: str, cni_path: str
     return env, json.dumps(plugin).encode()
 
 
+def exec_plugin(plugin: str, env: dict, stdin: bytes, timeout: float = 60.0) -> tuple[int, str]:
+    """Run `CNI_PATH/<plugin>` like a runtime: (exit status, stdout)."""
+    path = os.path.join(env["CNI_PATH"], plugin)
+    try:
+        proc = subprocess.run([path], input=stdin, env=env, capture_output=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 1, f"{path}: {exc}"
+    return proc.returncode, (proc.stdout or proc.stderr).decode("utf-8", "replace")
+
+
 def reconcile(conflist: dict, socket_path: str, cni_path: str, grace: float, now: float | None = None,
-              list_sandboxes=cri.list_pod_sandboxes, run=None) -> Outcome:
+              list_sandboxes=cri.list_pod_sandboxes, run=exec_plugin) -> Outcome:
     result = Outcome()
     ipam = conflist["plugins"][0].get("ipam") or {}
     store = os.path.join(ipam.get("dataDir") or "/var/lib/cni/networks", conflist["name"])
@@ -88,9 +100,6 @@ def reconcile(conflist: dict, socket_path: str, cni_path: str, grace: float, now
         return result
     known = {s.id for s in sandboxes}
     now = time.time() if now is None else now
-    if run is None:
-        from .. import cli
-        run = cli.run
     for ip, (cid, ifname, mtime) in sorted(found.items()):
         if cid in known or now - mtime < grace:
             continue
