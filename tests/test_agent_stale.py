@@ -168,7 +168,7 @@ def test_sweep_releases_only_old_leases_of_unknown_sandboxes(store):
 
 
 def test_sweep_releases_nothing_when_the_runtime_lists_nothing_or_fails(store):
-    conf, d, lease = store
+    conf, _d, lease = store
     lease("10.244.1.2", "a")
 
     def run(*a):
@@ -183,7 +183,7 @@ def test_sweep_releases_nothing_when_the_runtime_lists_nothing_or_fails(store):
 
 
 def test_sweep_reports_a_failed_delete(store):
-    conf, d, lease = store
+    conf, _d, lease = store
     lease("10.244.1.7", "gone")
     out = stale.reconcile(conf, "/x.sock", "/b", 0, list_sandboxes=lambda p: [cri.Sandbox("x", 0)],
                           run=lambda *a: (1, '{"code": 5, "msg": "boom"}'))
