@@ -176,8 +176,9 @@ def check_rolling_update(k: Kind, pods: dict[str, Pod], image: str) -> None:
     try:
         http_get(k, a1, svc_ip, HTTP_PORT, "/index.html", timeout=90)  # the Service works before we start
         for p in probers:
+            # setsid: the exec's own session is killed when the exec ends
             k.kubectl("exec", "-n", k.namespace, p.name, "--", "sh", "-c",
-                      f"nohup sh -c {shlex.quote(PROBE_LOOP.format(targets=targets))} >/dev/null 2>&1 &")
+                      f"setsid sh -c {shlex.quote(PROBE_LOOP.format(targets=targets))} </dev/null >/dev/null 2>&1 &")
         before = {n: p["spec"]["containers"][0]["image"] for n, p in agent_pods(k).items()}
         log(f"rolling the DaemonSet from {sorted(set(before.values()))} to {image}")
         k.kubectl("-n", "kube-system", "set", "image", "daemonset/pycni-agent", f"agent={image}", f"daemon={image}")
@@ -189,7 +190,7 @@ def check_rolling_update(k: Kind, pods: dict[str, Pod], image: str) -> None:
                 break
             time.sleep(0.5)
         for i, node in enumerate(k.nodes()):
-            new[f"u{i}"] = k.run_pod(f"pycni-u{i}", node)
+            new[f"u{i}"] = pods[f"u{i}"] = k.run_pod(f"pycni-u{i}", node)  # in `pods`: cleanup deletes them
         k.kubectl("-n", "kube-system", "rollout", "status", "daemonset/pycni-agent", "--timeout=600s", timeout=620)
         after = agent_pods(k)
         stale = [n for n, p in after.items() if p["spec"]["containers"][0]["image"] != image]
@@ -219,7 +220,6 @@ def check_rolling_update(k: Kind, pods: dict[str, Pod], image: str) -> None:
             got = whoami(k, a1, p.ip)
             if got != a1.ip:
                 raise CheckFailed(f"pod {p.name} started during the update: server saw {got}, expected {a1.ip}")
-        pods.update(new)
         log(f"  pods started during the update: {', '.join(f'{p.name}@{p.node}={p.ip}' for p in new.values())}")
     finally:
         k.delete_service("pycni-e2e-roll")
@@ -305,6 +305,8 @@ def check_cleanup(k: Kind, pods: dict[str, Pod]) -> None:
     ips = {p.ip for p in pods.values()}
     for p in pods.values():
         k.delete_pod(p)
+    # and whatever else a failed check left in the namespace
+    k.kubectl("delete", "pods", "--all", "-n", k.namespace, "--wait=true", "--timeout=120s", check=False, timeout=150)
 
     def clean():
         problems = []
