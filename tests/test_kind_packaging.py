@@ -50,9 +50,9 @@ def test_daemonset_manifest():
     assert pod["hostNetwork"] is True and pod["serviceAccountName"] == "pycni"
     assert {"operator": "Exists"} in pod["tolerations"]
     c, daemon = pod["containers"]
-    assert daemon["args"] == ["daemon"] and pod["hostPID"] is True
+    assert daemon["args"][0] == "daemon" and pod["hostPID"] is True
     dmounts = {m["mountPath"] for m in daemon["volumeMounts"]}
-    assert {"/run/pycni", "/var/run/netns", "/var/lib/cni", "/opt/cni/bin"} == dmounts
+    assert {"/run/pycni", "/var/run/netns", "/var/lib/cni", "/opt/cni/bin", "/etc/cni/net.d"} == dmounts
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert env["CLUSTER_CIDR"]["value"] == "10.244.0.0/16"
@@ -67,6 +67,11 @@ def test_daemonset_manifest():
                                                     "/run/containerd": "/run/containerd"}
     # no unused volume
     assert set(vols) == set(mounts) | {m["name"] for m in daemon["volumeMounts"]}
+    # metrics (README "Operating pycni"): on in the DaemonSet, on the documented port
+    assert daemon["args"][daemon["args"].index("--metrics-address") + 1] == ":9472"
+    assert daemon["ports"] == [{"name": "metrics", "containerPort": 9472, "protocol": "TCP"}]
+    assert ds["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9472"
+    assert "/etc/cni/net.d" in dmounts  # the pools the metrics report
     assert c["image"] == "pycni/agent:dev" == daemon["image"]  # cluster.sh substitutes exactly this string
     assert "image: pycni/agent:dev" in (KIND / "pycni-daemonset.yaml").read_text()
     # readiness: the agent's last round succeeded; the daemon serves a request

@@ -6,9 +6,9 @@
 #                             egress and writes /host/etc/cni/net.d/10-pycni.conflist - from the Kubernetes API
 #                             read with the pod's service account. /tmp/pycni-agent-ready exists while its last
 #                             round succeeded (the agent container's readiness probe).
-#   entrypoint.sh daemon      the warm-path daemon on /run/pycni/pycni.sock (docs/performance.md); on SIGTERM
-#                             it drains for DAEMON_GRACE seconds (default 20: keep terminationGracePeriodSeconds
-#                             above it).
+#   entrypoint.sh daemon [ARGS]  the warm-path daemon on /run/pycni/pycni.sock (docs/performance.md), ARGS added
+#                             (--metrics-address ...); on SIGTERM it drains for DAEMON_GRACE seconds (default 20:
+#                             keep terminationGracePeriodSeconds above it).
 #   entrypoint.sh daemon-ready  the daemon container's readiness probe: exit 0 when the daemon serves a request
 #                             over its socket (a CNI VERSION), 1 when it does not answer or refuses.
 #
@@ -18,7 +18,8 @@ set -eu
 B=${BUNDLE_DIR:-/bundle}
 case ${1:-agent} in
   daemon)
-    exec "$B/pycni" daemon --socket /run/pycni/pycni.sock --grace "${DAEMON_GRACE:-20}" ;;
+    shift
+    exec "$B/pycni" daemon --socket /run/pycni/pycni.sock --grace "${DAEMON_GRACE:-20}" "$@" ;;
   daemon-ready)
     exec "$B/pycni.d/bin/python3" -I -c '
 import sys

@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 
+from .. import logfmt, runstate
 from . import conflist, install, masq, routes, stale
 from .nodes import SA_DIR, FileSource, KubeClient, KubeSource, NodeList, NodeSourceError
 
@@ -82,6 +83,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="seconds a lease must exist before it can count as stale (default 120)")
     p.add_argument("--ready-file", default="", help="exists exactly while the last round succeeded (a "
                    "readiness probe tests it); removed on errors and on exit")
+    p.add_argument("--state-file", default=runstate.DEFAULT_AGENT_STATE,
+                   help="where `pycni status` and the daemon's metrics read the last round (default %(default)s; "
+                   "empty: none)")
+    logfmt.add_argument(p)
     args = p.parse_args(argv)
     cidrs = args.cluster_cidr or [os.environ.get("CLUSTER_CIDR", "")]
     args.cluster_cidr = [c.strip() for item in cidrs for c in item.split(",") if c.strip()]
@@ -132,6 +137,8 @@ class Agent:
         self.bundle_digest: str | None = None
         self.last_version = ""
         self.said_br_netfilter = False
+        self.state = runstate.AgentState(args.state_file) if args.state_file and not args.cleanup else None
+        self.last_plan: routes.Plan | None = None
         if args.kube:
             self.source = KubeSource(KubeClient(sa_dir=args.kube_sa_dir))
         elif args.nodes_file:
@@ -143,6 +150,7 @@ class Agent:
 
     def round(self, nodes: NodeList) -> dict:
         a = self.args
+        self.last_plan = None
         status: dict = {"node": a.node_name, "errors": list(nodes.errors), "changes": []}
         if a.bundle_dir:
             try:
@@ -181,7 +189,7 @@ class Agent:
         want = routes.desired(nodes.nodes, a.node_name)
         status["errors"] += want.problems
         try:
-            _plan, applied = routes.reconcile(want.routes)
+            self.last_plan, applied = routes.reconcile(want.routes)
             status["changes"] += applied.done
             status["errors"] += applied.errors
         except Exception as exc:  # noqa: BLE001 - netlink trouble: report, keep the loop alive
@@ -232,6 +240,8 @@ class Agent:
                 continue
             status = self.round(nodes)
             status["seconds"] = round(time.monotonic() - t0, 3)
+            if self.state is not None:
+                self.state.record(status, self.last_plan)
             ok = not status["errors"]
             for change in status["changes"]:
                 log.info("%s", change)
@@ -283,8 +293,7 @@ def cleanup(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level.upper(), logging.INFO),
-                        format="%(asctime)s pycni-agent %(levelname)s %(message)s")
+    logfmt.basic_config(args.log_level, args.log_format, "%(asctime)s pycni-agent %(levelname)s %(message)s")
     if args.cleanup:
         return cleanup(args)
     stop = threading.Event()
