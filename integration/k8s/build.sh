@@ -113,7 +113,7 @@ build_bins() {
   kv+=" -X k8s.io/component-base/version.gitTreeState=clean"
   local specs=() c
   for c in "${K8S_CMDS[@]}"; do specs+=("$c=k8s.io/kubernetes/cmd/$c"); done
-  [ -n "${PYCNI_SKIP_K8S:-}" ] || one_bin kubernetes "$HERE" "$K8S_BIN" "-s -w$kv" "" "${specs[@]}"
+  one_bin kubernetes "$HERE" "$K8S_BIN" "-s -w$kv" "" "${specs[@]}"
   one_bin etcd "$HERE/modules/etcd" "$ETCD_BIN" "-s -w" "" etcd=go.etcd.io/etcd/server/v3 etcdctl=go.etcd.io/etcd/etcdctl/v3
   one_bin coredns "$HERE/modules/coredns" "$COREDNS_BIN" "-s -w" "" coredns=github.com/coredns/coredns
   one_bin pause "$HERE" "$PAUSE_BIN" "-s -w -X main.version=$PAUSE_VERSION" "$HERE/pause/main.go" pause=./pause
@@ -122,8 +122,7 @@ build_bins() {
     crictl=sigs.k8s.io/cri-tools/cmd/crictl
   one_bin local-path-provisioner "$HERE/modules/local-path-provisioner" "$LPP_BIN" "-s -w -X main.VERSION=$LPP_VERSION" "" \
     local-path-provisioner=github.com/rancher/local-path-provisioner
-  [ -n "${PYCNI_SKIP_K8S:-}" ] || "$K8S_BIN/kubelet" --version | grep -qx "Kubernetes $K8S_VERSION" \
-    || die "kubelet is not stamped $K8S_VERSION"
+  "$K8S_BIN/kubelet" --version | grep -qx "Kubernetes $K8S_VERSION" || die "kubelet is not stamped $K8S_VERSION"
 }
 
 case ${1:-all} in

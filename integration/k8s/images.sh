@@ -37,7 +37,9 @@ debian_rootfs() {
   local key dir
   key=$(hash_of "$DEBIAN_SUITE" "$DEBIAN_MIRROR" "$DEBIAN_PKGS" minbase)
   dir=$DEBIAN_DIR/$key
-  if [ -f "$dir/rootfs.tar" ]; then log "debian rootfs: cached in $dir" ; echo "$dir/rootfs.tar"; return 0; fi
+  if [ -f "$dir/rootfs.tar" ] && [ -f "$dir/ca-certificates.crt" ]; then
+    log "debian rootfs: cached in $dir"; echo "$dir/rootfs.tar"; return 0
+  fi
   ensure_debootstrap
   local tmp="$dir.tmp.$$"
   rm -rf "$tmp"; mkdir -p "$tmp/rootfs" "$DEBIAN_DIR/debs"
@@ -47,6 +49,7 @@ debian_rootfs() {
   chroot "$tmp/rootfs" apt-get clean
   rm -rf "$tmp/rootfs/var/lib/apt/lists/"* "$tmp/rootfs/var/log/"*.log
   chroot "$tmp/rootfs" dpkg-query -W -f '${Package} ${Version}\n' >"$tmp/packages.txt"
+  cp "$tmp/rootfs/etc/ssl/certs/ca-certificates.crt" "$tmp/"  # for the images' base_files
   tar -C "$tmp/rootfs" --numeric-owner -cf "$tmp/rootfs.tar" .
   rm -rf --one-file-system "$tmp/rootfs"
   rm -rf "$dir"; mv "$tmp" "$dir"
@@ -64,7 +67,7 @@ base_files() {
   printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$d/etc/passwd"
   printf 'root:x:0:\nnobody:x:65534:\nnonroot:x:65532:\n' >"$d/etc/group"
   echo 'hosts: files dns' >"$d/etc/nsswitch.conf"
-  cp "$ROOTFS_DIR/etc/ssl/certs/ca-certificates.crt" "$d/etc/ssl/certs/"
+  cp "$(dirname "$ROOTFS_TAR")/ca-certificates.crt" "$d/etc/ssl/certs/"
 }
 
 # slice ROOT DEST PATH...: copy PATHs (files, symlinks, directories) and the shared libraries they need from the
@@ -93,24 +96,27 @@ slice() {
 # image_tar NAME TAG: the cached tarball path of an image
 image_tar() { echo "$IMAGES_DIR/$(echo "$1" | tr '/:' '__')_$2.tar"; }
 
-# make_image REF KEY ROOTDIR CHANGES...: docker import ROOTDIR as REF (unless KEY's tarball exists), save the tarball,
-# and make sure REF is in the current docker daemon
+# make_image REF KEY "BUILDER {} ARGS" CHANGES...: unless the tarball for KEY exists, run BUILDER with {} replaced
+# by a fresh directory, docker import that as REF (labelled with KEY) and save the tarball; then make sure the
+# current docker daemon has REF with KEY
 make_image() {
-  local ref=$1 key=$2 root=$3; shift 3
+  local ref=$1 key=$2 builder=$3; shift 3
   local tar; tar=$(image_tar "${ref%:*}" "${ref##*:}")
   local chg=(-c "LABEL pycni.key=$key") c; for c in "$@"; do chg+=(-c "$c"); done
   if [ "$(cat "$tar.key" 2>/dev/null)" = "$key" ] && [ -f "$tar" ]; then
     log "image $ref: cached in $tar"
-  else
-    mkdir -p "$IMAGES_DIR"
-    tar -C "$root" --numeric-owner -c . | docker import "${chg[@]}" - "$ref" >/dev/null
-    docker save -o "$tar.tmp" "$ref"
-    mv "$tar.tmp" "$tar"; echo "$key" >"$tar.key"
-    log "image $ref: built, $(du -h "$tar" | cut -f1) in $tar"
+    [ "$(docker image inspect -f '{{index .Config.Labels "pycni.key"}}' "$ref" 2>/dev/null)" = "$key" ] \
+      || docker load -i "$tar" >/dev/null
     return 0
   fi
-  [ "$(docker image inspect -f '{{index .Config.Labels "pycni.key"}}' "$ref" 2>/dev/null)" = "$key" ] \
-    || docker load -i "$tar" >/dev/null
+  local root; root=$(mktemp -d "$CACHE"/tmp.image.XXXXXX)
+  ${builder//\{\}/$root}
+  mkdir -p "$IMAGES_DIR"
+  tar -C "$root" --numeric-owner -c . | docker import "${chg[@]}" - "$ref" >/dev/null
+  rm -rf --one-file-system "$root"
+  docker save -o "$tar.tmp" "$ref"
+  mv "$tar.tmp" "$tar"; echo "$key" >"$tar.key"
+  log "image $ref: built, $(du -h "$tar" | cut -f1) in $tar"
 }
 
 require_docker() {
@@ -139,64 +145,65 @@ done
 exec "/usr/sbin/${0##*/}" "$@"
 '
 
-build_images() {
-  require_docker
-  local rootfs_tar t0; rootfs_tar=$(debian_rootfs)
-  t0=$(date +%s)
-  ROOTFS_DIR=$(mktemp -d "$CACHE"/tmp.rootfs.XXXXXX)
-  trap 'rm -rf --one-file-system "$ROOTFS_DIR" "${IMG_TMP:-}"' EXIT
-  extract_rootfs "$rootfs_tar" "$ROOTFS_DIR"
-  IMG_TMP=$(mktemp -d "$CACHE"/tmp.images.XXXXXX)
-  local self; self=$(hash_of "@$HERE/images.sh" "$rootfs_tar")
-  local path_env="ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" r
+# Root filesystem builders: root_<kind> DIR [ARG]. Called only for an image whose tarball is missing or stale.
+root_binary() {  # root_binary DIR BINARY...: the binaries in /usr/local/bin
+  local d=$1; shift
+  base_files "$d"; cp "$@" "$d/usr/local/bin/"
+}
 
-  local c
-  for c in kube-apiserver kube-controller-manager kube-scheduler; do
-    r=$IMG_TMP/$c; base_files "$r"; cp "$K8S_BIN/$c" "$r/usr/local/bin/"
-    make_image "registry.k8s.io/$c:$K8S_VERSION" "$(hash_of "$self" "@$K8S_BIN/.stamp" "$c")" "$r" \
-      "$path_env" "ENTRYPOINT [\"/usr/local/bin/$c\"]"
-  done
-
-  r=$IMG_TMP/kube-proxy; base_files "$r"
+root_kube_proxy() {
+  local r=$1 v
+  base_files "$r"
+  need_debian_root
   slice "$ROOTFS_DIR" "$r" /bin/sh /usr/bin/dash /usr/bin/ln \
     /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi /usr/lib/x86_64-linux-gnu/xtables \
     /usr/sbin/nft /usr/sbin/conntrack /usr/sbin/ipset
-  local v
   for v in iptables-nft iptables-nft-save iptables-nft-restore ip6tables-nft ip6tables-nft-save ip6tables-nft-restore; do
     ln -sf xtables-nft-multi "$r/usr/sbin/$v"; done
-  for v in iptables-legacy iptables-legacy-save iptables-legacy-restore ip6tables-legacy ip6tables-legacy-save ip6tables-legacy-restore; do
-    ln -sf xtables-legacy-multi "$r/usr/sbin/$v"; done
+  for v in iptables-legacy iptables-legacy-save iptables-legacy-restore ip6tables-legacy ip6tables-legacy-save \
+    ip6tables-legacy-restore; do ln -sf xtables-legacy-multi "$r/usr/sbin/$v"; done
   printf '%s' "$IPTABLES_WRAPPER" >"$r/usr/sbin/iptables-wrapper"; chmod 0755 "$r/usr/sbin/iptables-wrapper"
   for v in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
     ln -sf iptables-wrapper "$r/usr/sbin/$v"; done
   cp "$K8S_BIN/kube-proxy" "$r/usr/local/bin/"
-  local kp; kp=$(hash_of "$self" "@$K8S_BIN/.stamp" kube-proxy)
-  make_image "registry.k8s.io/kube-proxy:$K8S_VERSION" "$kp" "$r" "$path_env" \
-    'ENTRYPOINT ["/usr/local/bin/kube-proxy"]'
+}
 
-  r=$IMG_TMP/etcd; base_files "$r"; cp "$ETCD_BIN/etcd" "$ETCD_BIN/etcdctl" "$r/usr/local/bin/"
-  local ek; ek=$(hash_of "$self" "@$ETCD_BIN/.stamp")
-  make_image "registry.k8s.io/etcd:$ETCD_IMAGE_TAG" "$ek" "$r" "$path_env" \
-    'ENTRYPOINT ["/usr/local/bin/etcd"]'
+root_coredns() { base_files "$1"; cp "$COREDNS_BIN/coredns" "$1/coredns"; }
+root_pause() { mkdir -p "$1"; cp "$PAUSE_BIN/pause" "$1/pause"; }
+root_lpp_helper() { base_files "$1"; need_debian_root; slice "$ROOTFS_DIR" "$1" /bin/sh /usr/bin/dash /usr/bin/mkdir /usr/bin/rm; }
 
-  r=$IMG_TMP/coredns; base_files "$r"; cp "$COREDNS_BIN/coredns" "$r/coredns"
-  local ck; ck=$(hash_of "$self" "@$COREDNS_BIN/.stamp")
-  make_image "registry.k8s.io/coredns/coredns:$COREDNS_VERSION" "$ck" "$r" "$path_env" \
-    'ENTRYPOINT ["/coredns"]' 'EXPOSE 53 53/udp'
+# need_debian_root: extract the Debian root filesystem into $ROOTFS_DIR, once per run and only when an image needs
+# a slice of it
+need_debian_root() {
+  [ -n "${ROOTFS_DIR:-}" ] && return 0
+  ROOTFS_DIR=$(mktemp -d "$CACHE"/tmp.rootfs.XXXXXX)
+  extract_rootfs "$ROOTFS_TAR" "$ROOTFS_DIR"
+}
 
-  r=$IMG_TMP/pause; mkdir -p "$r"; cp "$PAUSE_BIN/pause" "$r/pause"
-  local pk; pk=$(hash_of "$self" "@$PAUSE_BIN/.stamp")
-  make_image "registry.k8s.io/pause:$PAUSE_VERSION" "$pk" "$r" 'ENTRYPOINT ["/pause"]' 'USER 65535:65535'
-
+build_images() {
+  require_docker
+  local t0; t0=$(date +%s)
+  ROOTFS_TAR=$(debian_rootfs) ROOTFS_DIR=
+  trap 'rm -rf --one-file-system "${ROOTFS_DIR:-}"' EXIT
+  local self; self=$(hash_of "@$HERE/images.sh" "$ROOTFS_TAR")
+  local path_env="ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" c
+  for c in kube-apiserver kube-controller-manager kube-scheduler; do
+    make_image "registry.k8s.io/$c:$K8S_VERSION" "$(hash_of "$self" "@$K8S_BIN/.stamp" "$c")" \
+      "root_binary {} $K8S_BIN/$c" "$path_env" "ENTRYPOINT [\"/usr/local/bin/$c\"]"
+  done
+  make_image "registry.k8s.io/kube-proxy:$K8S_VERSION" "$(hash_of "$self" "@$K8S_BIN/.stamp" kube-proxy)" \
+    "root_kube_proxy {}" "$path_env" 'ENTRYPOINT ["/usr/local/bin/kube-proxy"]'
+  make_image "registry.k8s.io/etcd:$ETCD_IMAGE_TAG" "$(hash_of "$self" "@$ETCD_BIN/.stamp")" \
+    "root_binary {} $ETCD_BIN/etcd $ETCD_BIN/etcdctl" "$path_env" 'ENTRYPOINT ["/usr/local/bin/etcd"]'
+  make_image "registry.k8s.io/coredns/coredns:$COREDNS_VERSION" "$(hash_of "$self" "@$COREDNS_BIN/.stamp")" \
+    "root_coredns {}" "$path_env" 'ENTRYPOINT ["/coredns"]' 'EXPOSE 53 53/udp'
+  make_image "registry.k8s.io/pause:$PAUSE_VERSION" "$(hash_of "$self" "@$PAUSE_BIN/.stamp")" \
+    "root_pause {}" 'ENTRYPOINT ["/pause"]' 'USER 65535:65535'
   # kind's default storage (kind v0.30.0 pkg/build/nodeimage/const_storage.go names these two images)
-  r=$IMG_TMP/lpp; base_files "$r"; cp "$LPP_BIN/local-path-provisioner" "$r/usr/local/bin/"
-  local lk; lk=$(hash_of "$self" "@$LPP_BIN/.stamp")
-  make_image "$LPP_IMAGE" "$lk" "$r" "$path_env" 'ENTRYPOINT ["/usr/local/bin/local-path-provisioner"]'
-  r=$IMG_TMP/lph; base_files "$r"; slice "$ROOTFS_DIR" "$r" /bin/sh /usr/bin/dash /usr/bin/mkdir /usr/bin/rm
-  local hk; hk=$(hash_of "$self" helper)
-  make_image "$LPP_HELPER_IMAGE" "$hk" "$r" "$path_env"
-
-  rm -rf --one-file-system "$IMG_TMP"; IMG_TMP=
+  make_image "$LPP_IMAGE" "$(hash_of "$self" "@$LPP_BIN/.stamp")" \
+    "root_binary {} $LPP_BIN/local-path-provisioner" "$path_env" 'ENTRYPOINT ["/usr/local/bin/local-path-provisioner"]'
+  make_image "$LPP_HELPER_IMAGE" "$(hash_of "$self" helper)" "root_lpp_helper {}" "$path_env"
+  rm -rf --one-file-system "$ROOTFS_DIR"; ROOTFS_DIR=
   log "images: done in $(( $(date +%s) - t0 )) s"
 }
 

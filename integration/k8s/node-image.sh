@@ -130,6 +130,9 @@ build_node_image() {
     tar -C "$tmp/rootfs" --numeric-owner -cf "$tmp/node-rootfs.tar" .
     rm -rf --one-file-system "$tmp/rootfs"
     rm -rf "$dir"; mv "$tmp" "$dir"
+    local old; for old in "$CACHE/kind-node/$K8S_VERSION"/*; do  # older node roots: about 1 GB each
+      [ "$old" = "$dir" ] || [[ $old == *.tmp.* ]] || rm -rf --one-file-system "$old"
+    done
     log "node image: built in $(( $(date +%s) - t0 )) s"
     echo "$(date -u +%FT%TZ) node-rootfs $(( $(date +%s) - t0 ))s" >>"$CACHE/build-times.log"
   fi
@@ -140,8 +143,8 @@ build_node_image() {
     local base="pycni/kind-node-rootfs:$key"
     docker import "$dir/node-rootfs.tar" "$base" >/dev/null
     printf 'FROM %s\nENV container=docker\nSTOPSIGNAL SIGRTMIN+3\nLABEL pycni.key=%s\nENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]\n' \
-      "$base" "$key" | DOCKER_BUILDKIT=0 docker build -q -t "$NODE_IMAGE" - >/dev/null 2>"$CACHE/tmp.node-build.log" \
-      || { cat "$CACHE/tmp.node-build.log" >&2; die "docker build of $NODE_IMAGE failed"; }
+      "$base" "$key" | DOCKER_BUILDKIT=0 docker build -q -t "$NODE_IMAGE" - >/dev/null 2>"$dir/docker-build.log" \
+      || { cat "$dir/docker-build.log" >&2; die "docker build of $NODE_IMAGE failed"; }
     docker rmi "$base" >/dev/null  # the tag only: the layer stays under $NODE_IMAGE
     log "node image: docker import + build $NODE_IMAGE in $(( $(date +%s) - t1 )) s"
   else

@@ -24,14 +24,15 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-VERSIONS = dict(re.findall(r"^(\w+)=(\S+)", (HERE / "versions.env").read_text(), re.M))
+VERSIONS = dict(re.findall(r"^(\w+)=(\S+)", (HERE / "versions.env").read_text(), re.MULTILINE))
+VERSIONS.update(ETCD_NUM=VERSIONS["ETCD_VERSION"].lstrip("v"), COREDNS_NUM=VERSIONS["COREDNS_VERSION"].lstrip("v"))
 CACHE = Path(os.environ.get("PYCNI_CACHE", "/var/cache/pycni"))
 
 pytestmark = [pytest.mark.k8sbuild]
 
 
 def run(*cmd: str, env: dict | None = None, timeout: float = 600, check: bool = True) -> str:
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+    p = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL)
     if check and p.returncode != 0:
         raise AssertionError(f"{cmd} exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p.stdout + p.stderr
@@ -67,8 +68,8 @@ def test_second_run_rebuilds_nothing(docker_env):
     ("k8s/{K8S_VERSION}/bin/kubelet", ["--version"], "Kubernetes {K8S_VERSION}"),
     ("k8s/{K8S_VERSION}/bin/kubeadm", ["version", "-o", "short"], "{K8S_VERSION}"),
     ("k8s/{K8S_VERSION}/bin/kubectl", ["version", "--client"], "Client Version: {K8S_VERSION}"),
-    ("etcd/{ETCD_VERSION}/bin/etcd", ["--version"], "etcd Version: {ETCD_VERSION[1:]}"),
-    ("coredns/{COREDNS_VERSION}/bin/coredns", ["-version"], "CoreDNS-{COREDNS_VERSION[1:]}"),
+    ("etcd/{ETCD_VERSION}/bin/etcd", ["--version"], "etcd Version: {ETCD_NUM}"),
+    ("coredns/{COREDNS_VERSION}/bin/coredns", ["-version"], "CoreDNS-{COREDNS_NUM}"),
     ("kind/{KIND_VERSION}/bin/kind", ["version"], "kind {KIND_VERSION} "),
     ("cri-tools/{CRICTL_VERSION}/bin/crictl", ["--version"], "crictl version {CRICTL_VERSION}"),
 ])
@@ -120,13 +121,15 @@ def test_kube_proxy_image_has_its_netfilter_tools(docker_env):
     assert re.search(r"relinked-(nft|legacy)", out), out  # the wrapper replaced itself
 
 
-NODE_FLAGS = ["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE", "--device-cgroup-rule", "a *:* rwm",
+NODE_FLAGS = ["--cgroupns", "private", "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE", "--device-cgroup-rule", "a *:* rwm",
               "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
               "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp", "-e", "container=docker",
               "--volume", "/var"]
-# what --privileged would do that these flags do not (docs/kubernetes-facts.md), then kind's own entrypoint
-PREINIT = ("mount -o remount,rw /sys; for m in $(awk '$3==\"cgroup\"{print $2}' /proc/self/mounts); do "
-           "mount -o remount,rw $m; done; exec /usr/local/bin/entrypoint /sbin/init")
+# kind's --cgroupns=private and what --privileged would do that these flags do not (cgroup mounts read-write:
+# docs/kubernetes-facts.md), then kind's own entrypoint
+PREINIT = ("mount -o remount,rw /sys/fs/cgroup; for m in $(awk '$3==\"cgroup\"{print $2}' /proc/self/mounts); do "
+           "mount -o remount,rw $m 2>/dev/null || mount -o remount,bind,rw $m; done; "
+           "exec /usr/local/bin/entrypoint /sbin/init")
 
 
 def test_node_image_boots_with_containerd_and_preloaded_images(docker_env):
@@ -160,7 +163,7 @@ def test_node_image_boots_with_containerd_and_preloaded_images(docker_env):
         crictl = docker(docker_env, "exec", name, "crictl", "images")
         for ref in want:
             repo, tag = ref.rsplit(":", 1)
-            assert re.search(rf"^{re.escape(repo)}\s+{re.escape(tag)}\s", crictl, re.M), (ref, crictl)
+            assert re.search(rf"^{re.escape(repo)}\s+{re.escape(tag)}\s", crictl, re.MULTILINE), (ref, crictl)
         assert docker(docker_env, "exec", name, "cat", "/kind/version").strip() == VERSIONS["K8S_VERSION"]
         assert "Kubernetes " + VERSIONS["K8S_VERSION"] in docker(docker_env, "exec", name, "kubelet", "--version")
     finally:
