@@ -12,8 +12,8 @@ PYTEST_ARGS ?=
 # NATIVE_SHIM=1: the installed executables are a ~1 ms C shim in front of the daemon
 NATIVE_SHIM ?= 0
 
-.PHONY: all deps venv build install uninstall test test-unit test-agent test-cluster test-portable kind-e2e check demo \
-	clean bundle stress bench conformance e2e-build bench-netpol
+.PHONY: all deps venv build install uninstall test test-unit test-agent test-cluster test-portable kind-e2e cluster-up \
+	cluster-down check demo clean bundle stress bench conformance e2e-build bench-netpol
 
 all: venv build
 
@@ -80,6 +80,16 @@ test-agent: venv
 test-cluster: deps venv
 	$(VPY) -m pytest -q -m cluster integration/kindlab
 
+# A real kind cluster (1 control plane + 2 workers) whose pod network is pycni (integration/kind/README.md).
+# PYCNI_KIND_MODE=offline (default): Kubernetes, kind and the node image built here (integration/k8s), our own
+# dockerd; PYCNI_KIND_MODE=registry: the docker, kind and kubectl on PATH and kind's published node image.
+cluster-up: bundle
+	bash integration/kind/cluster.sh up
+
+cluster-down:
+	bash integration/kind/cluster.sh down
+
+# cluster-up, every e2e check (integration/kind/e2e.py), cluster-down - also on failure.
 kind-e2e: bundle
 	bash integration/kind/run-e2e.sh
 
