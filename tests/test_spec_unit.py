@@ -533,6 +533,22 @@ def test_collect_garbage():
     assert set(store.files) == {ip("10.1.0.2"), ip("10.1.0.4")}
 
 
+def test_collect_garbage_goes_on_past_a_lease_it_cannot_remove():
+    """One stale lease that cannot be removed is reported after every other stale lease is gone."""
+
+    class Stuck(FakeStore):
+        def release(self, addr) -> None:
+            if addr == ip("10.1.0.3"):
+                raise CNIError(5, "failed to remove 10.1.0.3")
+            super().release(addr)
+
+    store = Stuck({ip("10.1.0.2"): ("a", "eth0"), ip("10.1.0.3"): ("b", "eth0"), ip("10.1.0.4"): ("c", "eth0")})
+    with pytest.raises(CNIError) as err:
+        allocator.collect_garbage(store, set())
+    assert err.value.code == 5
+    assert set(store.files) == {ip("10.1.0.3")}
+
+
 def test_version_probe_with_dummy_values_is_accepted():
     """libcni's GetVersionInfo (used by podman) sends VERSION with every variable set to "dummy"."""
     from pycni.cli import run

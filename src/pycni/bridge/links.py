@@ -258,6 +258,12 @@ class Pod:
         finally:
             self._leave()
 
+    def is_own(self) -> bool:
+        """Whether this is the namespace the calling thread is in (the node's, for the plugin)."""
+        here = os.stat("/proc/thread-self/ns/net")
+        mine = os.fstat(self.fd)
+        return (mine.st_dev, mine.st_ino) == (here.st_dev, here.st_ino)
+
     def close(self) -> None:
         os.close(self.fd)
 
@@ -557,14 +563,22 @@ def create_veth(pod: Pod, host_name: str, ifname: str, bridge: Link, mtu: int, m
                                "a previous attachment with the same container ID and ifname was not deleted") from None
             raise CNIError(KERNEL, f"container interface {ifname!r} already exists in {pod.path}") from None
         raise CNIError(KERNEL, f"failed to create veth pair {host_name!r}/{ifname!r}", str(exc)) from None
-    faults.point("bridge.veth.created")
-    link = get_link(host_name)
-    if link is None:
-        raise CNIError(KERNEL, f"veth {host_name!r} vanished right after it was created")
-    with kernel(f"set the alias of {host_name!r}"):
-        ipr.link("set", index=link.index, ifalias=alias)
-    link.alias = alias
-    write_sysctl(f"net/ipv6/conf/{host_name}/accept_ra", "0", only_if_different=False)
+    # From here on the pair exists: any failure of this function removes it before raising (the
+    # caller registers its undo only once it has the link - an undo for a name that was never
+    # created could delete another attachment's veth).
+    try:
+        faults.point("bridge.veth.created")
+        link = get_link(host_name)
+        if link is None:
+            raise CNIError(KERNEL, f"veth {host_name!r} vanished right after it was created")
+        with kernel(f"set the alias of {host_name!r}"):
+            ipr.link("set", index=link.index, ifalias=alias)
+        link.alias = alias
+        write_sysctl(f"net/ipv6/conf/{host_name}/accept_ra", "0", only_if_different=False)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            delete_link(host_name)
+        raise
     return link
 
 

@@ -248,14 +248,16 @@ class DiskStore:
         return names
 
     def _sweep_temporaries(self) -> None:
-        """Temporary files seen while we hold the lock belong to writers that died: remove them."""
-        if self._watch is not None:
-            for name in [n for n in self._names() if n.startswith(TMP_PREFIX)]:
-                self._unlink(name)
-            return
-        for entry in os.scandir(self.dir_fd):
-            if entry.name.startswith(TMP_PREFIX):
-                self._unlink(entry.name)
+        """Temporary files seen while we hold the lock belong to writers that died: remove them.
+
+        Best effort: a name we cannot remove (a directory someone made with our prefix, an immutable
+        file) is not ours and must not stop the verb - every writer uses a fresh temporary name."""
+        names = self._names() if self._watch is not None else [e.name for e in os.scandir(self.dir_fd)]
+        for name in [n for n in names if n.startswith(TMP_PREFIX)]:
+            try:
+                os.unlink(name, dir_fd=self.dir_fd)
+            except OSError:
+                pass  # FileNotFoundError: gone already; EISDIR, EPERM...: not one of our temporaries
 
     # -- reading ------------------------------------------------------------------------------------------
 
@@ -284,7 +286,9 @@ class DiskStore:
                 ip = _parse_ip(entry.name)
                 if ip is None:
                     continue  # lock, last_reserved_ip.N, temporaries
-                out.append(self._lease(ip, entry.name))
+                lease = self._lease(ip, entry.name)
+                if lease is not None:
+                    out.append(lease)
             return out
         # Fallback cache: a lease file is written once and then only removed, so what was read is
         # reused while the file's inode, size, mtime and ctime are unchanged (one fstatat per lease).
@@ -303,16 +307,27 @@ class DiskStore:
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
-                out.append(self._lease(ip, name))
+                lease = self._lease(ip, name)
+                if lease is not None:
+                    out.append(lease)
                 continue
             key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             lease = hit[1] if hit is not None and hit[0] == key else self._lease(ip, name)
+            if lease is None:
+                continue
             fresh[name] = (key, lease)
             out.append(lease)
         _seen[self.path] = fresh  # what was released is forgotten
         return out
 
-    def _lease(self, ip: IPAddress, name: str) -> Lease:
+    def _lease(self, ip: IPAddress, name: str) -> Lease | None:
+        """The lease file `name`, parsed; None when the name is a directory: not a lease at all (the
+        reference's disk store skips directories too), and nothing a verb may remove."""
+        try:
+            if stat.S_ISDIR(os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False).st_mode):
+                return None
+        except OSError:
+            pass  # gone or unreadable: _read decides
         data = self._read(name)
         if data is None or len(data) > MAX_LEASE_BYTES:
             return Lease(ip, None, None)
