@@ -49,9 +49,14 @@ def test_daemonset_manifest():
     assert pod["hostNetwork"] is True and pod["serviceAccountName"] == "pycni"
     assert {"operator": "Exists"} in pod["tolerations"]
     c, daemon = pod["containers"]
-    assert daemon["command"][:2] == ["/bundle/pycni", "daemon"] and pod["hostPID"] is True
-    dmounts = {m["mountPath"] for m in daemon["volumeMounts"]}
-    assert {"/run/pycni", "/var/run/netns", "/var/lib/cni", "/opt/cni/bin"} <= dmounts
+    # the daemon runs in the node's mount namespace (it serves only callers in its own namespaces,
+    # docs/security.md): hostPID, and the node's installed pycni entered through /proc/1/ns/mnt
+    assert pod["hostPID"] is True and daemon["securityContext"]["privileged"] is True
+    script = daemon["command"][-1]
+    assert daemon["command"][:2] == ["/bin/sh", "-c"]
+    assert "exec nsenter --mount=/proc/1/ns/mnt -- /opt/cni/bin/pycni daemon" in script
+    assert "--cni-path /opt/cni/bin" in script and "--socket /run/pycni/pycni.sock" in script
+    assert {m["mountPath"] for m in daemon["volumeMounts"]} == {"/opt/cni/bin"}
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert env["CLUSTER_CIDR"]["value"] == "10.244.0.0/16"
