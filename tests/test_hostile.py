@@ -282,6 +282,12 @@ CASES: dict[str, Case] = {
     "hl-gateway-outside-legacy-subnet": H(7, hipam(ranges=[], subnet="10.99.0.0/24", gateway="10.98.0.1")),
     "hl-ipRanges-overlap": H(7, lambda w: dict(w.hl_conf(), runtimeConfig={"ipRanges": [[V4], [V4]]})),
     "hl-routes-gw-garbage": H(7, hipam(routes=[{"dst": "0.0.0.0/0", "gw": "gw"}])),
+    # rtnetlink's u32 route fields (issue 15: code 100 and a pyroute2 traceback before)
+    "route-mtu-2^40": P(7, ipam(routes=[{"dst": "10.5.0.0/16", "mtu": 2**40}])),
+    "route-table-2^40": P(7, ipam(routes=[{"dst": "10.5.0.0/16", "table": 2**40}])),
+    "route-advmss-2^40": P(7, ipam(routes=[{"dst": "10.5.0.0/16", "advmss": 2**40}])),
+    "route-priority-2^33": P(7, ipam(routes=[{"dst": "10.5.0.0/16", "priority": 2**33}])),
+    "hl-route-priority-2^33": H(7, hipam(routes=[{"dst": "10.5.0.0/16", "priority": 2**33}])),
     "hl-GC-list-not-a-list": H(7, hgc("all"), "GC"),
     "hl-GC-entry-without-ifname": H(7, hgc([{"containerID": "hlowner"}]), "GC"),
     "hl-IgnoreUnknown-with-IP-garbage": H(4, args="IgnoreUnknown=1;IP=zz"),

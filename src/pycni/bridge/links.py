@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from .. import faults
-from ..spec.errors import INVALID_ENV, KERNEL, CNIError
+from ..spec.errors import INVALID_CONFIG, INVALID_ENV, KERNEL, CNIError
 
 CLONE_NEWNET = 0x40000000
 IFF_UP = 0x1
@@ -686,7 +686,17 @@ def pod_configure(pod: Pod, ifname: str, ips: list[str], routes: list[dict], up:
     return get_link(ifname, ipr) or link
 
 
+# rtnetlink carries a route's priority and table (RTA_PRIORITY, RTA_TABLE) and its metrics (RTAX_MTU,
+# RTAX_ADVMSS) as u32: a larger number must be refused here, as a configuration error, before pyroute2
+# fails to pack it (a struct.error, which would surface as an internal error).
+_U32_ROUTE_FIELDS = ("mtu", "advmss", "priority", "table")
+
+
 def add_route(ipr: Any, index: int, route: dict, ifname: str) -> None:
+    for field in _U32_ROUTE_FIELDS:
+        value = route.get(field)
+        if value is not None and not 0 <= value <= 0xFFFFFFFF:
+            raise CNIError(INVALID_CONFIG, f"route {route.get('dst')}: {field} {value} does not fit in 32 bits")
     dst = ipaddress.ip_network(route["dst"])
     # proto boot (3), as iproute2 and the reference (vishvananda/netlink) add routes; pyroute2 says static
     kwargs: dict[str, Any] = {"dst": str(dst.network_address), "dst_len": dst.prefixlen, "oif": index,

@@ -88,13 +88,17 @@ class IPConfig(_Model):
         return out
 
 
+U32_MAX = 0xFFFFFFFF
+
+
 class Route(_Model):
     dst: str
     gw: str | None = None
-    mtu: int | None = Field(default=None, ge=0)
-    advmss: int | None = Field(default=None, ge=0)
-    priority: int | None = Field(default=None, ge=0)
-    table: int | None = Field(default=None, ge=0)
+    # u32 in rtnetlink (RTAX_MTU, RTAX_ADVMSS, RTA_PRIORITY, RTA_TABLE): larger values are refused here
+    mtu: int | None = Field(default=None, ge=0, le=U32_MAX)
+    advmss: int | None = Field(default=None, ge=0, le=U32_MAX)
+    priority: int | None = Field(default=None, ge=0, le=U32_MAX)
+    table: int | None = Field(default=None, ge=0, le=U32_MAX)
     scope: int | None = Field(default=None, ge=0, le=255)
 
     @field_validator("dst")
