@@ -9,6 +9,7 @@ PYCNI_HOME  ?= /opt/pycni
 BUILD       ?= build
 CNITOOL     := $(BUILD)/bin/pycni-cnitool
 PYTEST_ARGS ?=
+FUZZ_SECONDS ?= 300
 # NATIVE_SHIM=1: the installed executables are a ~1 ms C shim in front of the daemon
 NATIVE_SHIM ?= 0
 
@@ -89,6 +90,9 @@ bench: venv build
 STRESS_ARGS ?=
 stress: venv
 	$(VPY) integration/stress.py $(STRESS_ARGS)
+	mkdir -p $(BUILD)/fuzz/protocol $(BUILD)/fuzz/store
+	cd $(BUILD)/fuzz && $(abspath $(VPY)) $(CURDIR)/tests/fuzz.py protocol -max_total_time=$(FUZZ_SECONDS) -timeout=30 protocol
+	cd $(BUILD)/fuzz && PYCNI_FUZZ_WORK=$(abspath $(BUILD))/fuzz $(abspath $(VPY)) $(CURDIR)/tests/fuzz.py store -max_total_time=$(FUZZ_SECONDS) -timeout=30 store
 
 test-unit: venv
 	$(VPY) -m pytest -q tests/test_spec_unit.py
