@@ -5,7 +5,8 @@
  * stdin) to the pycni daemon over its unix socket and print the answer - but starts in ~1 ms
  * instead of the ~8 ms a Python interpreter needs before it can run a line: on the warm path that
  * start is most of the cost of a verb. Whenever the daemon is not there, refuses the request
- * (another pycni version, a non-root caller, a request it cannot read) or the handoff is disabled
+ * (another pycni version, a caller it does not serve - docs/security.md -, a request it cannot read,
+ * a client deadline already passed) or the handoff is disabled
  * (PYCNI_NO_DAEMON, PYCNI_FAULT, a "pycniDaemon" key in the configuration), it execs the Python
  * plugin standalone with the same stdin, environment and arguments, so results never differ.
  * Protocol: see pycni/daemon/__init__.py.
