@@ -315,11 +315,11 @@ def main(argv: list[str]) -> None:
         raise SystemExit("usage: fuzz.py protocol|store [libFuzzer flags and corpus directories...]")
     target = argv[1]
     with atheris.instrument_imports(include=["pycni"], enable_loader_override=False):
-        import pycni.bridge.verbs  # noqa: F401
-        import pycni.cli  # noqa: F401
-        import pycni.daemon.server  # noqa: F401
-        import pycni.ipam.store  # noqa: F401
-        import pycni.ipam.verbs  # noqa: F401
+        import pycni.bridge.verbs
+        import pycni.cli
+        import pycni.daemon.server
+        import pycni.ipam.store
+        import pycni.ipam.verbs
         import pycni.spec.result  # noqa: F401
     import logging
 

@@ -25,13 +25,14 @@ pytestmark = needs_root
 
 
 class Daemon:
-    def __init__(self, node: str, sock: Path, log: Path, *args: str, prefix: tuple[str, ...] = ()) -> None:
+    def __init__(self, node: str, sock: Path, log: Path, extra: list[str] | None = None, *,
+                 prefix: tuple[str, ...] = ()) -> None:
         self.node, self.sock, self.log = node, sock, log
         sock.parent.mkdir(mode=0o700, exist_ok=True)
         self.err = open(log, "wb")  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(
             [*prefix, "nsenter", f"--net={ns_path(node)}", "--", str(VENV_BIN / "pycni"), "daemon", "--socket", str(sock),
-             "--cni-path", CNI_PATH, *args],
+             "--cni-path", CNI_PATH, *(extra or [])],
             stdout=subprocess.PIPE, stderr=self.err, stdin=subprocess.DEVNULL)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
@@ -615,8 +616,8 @@ def test_a_request_whose_client_gave_up_is_never_run(env, node, tmp_path, slow_i
     """Issue 15 item 4: the daemon is stalled; an ADD times out with code 11 and the runtime's DEL
     runs standalone and finds nothing. The queued ADD must then not run: no veth, lease or pod
     interface for a sandbox the runtime thinks has no network. A client killed after sending is the same."""
-    d = Daemon(node, tmp_path / "run" / "pycni.sock", tmp_path / "daemon.log", "--workers", "1",
-               "--cni-path", f"{slow_ipam}:{CNI_PATH}")
+    d = Daemon(node, tmp_path / "run" / "pycni.sock", tmp_path / "daemon.log",
+               ["--workers", "1", "--cni-path", f"{slow_ipam}:{CNI_PATH}"])
     try:
         (slow_ipam / "delay").write_text("8")
         conf = env.conf()
@@ -659,7 +660,7 @@ def test_an_add_whose_answer_nobody_takes_is_undone(env, node, tmp_path, slow_ip
     """The ADD started in time but its client gave up before the answer (code 11): the daemon gets
     no acknowledgement and undoes the ADD with a DEL - the runtime believes it failed."""
     d = Daemon(node, tmp_path / "run" / "pycni.sock", tmp_path / "daemon.log",
-               "--cni-path", f"{slow_ipam}:{CNI_PATH}")
+               ["--cni-path", f"{slow_ipam}:{CNI_PATH}"])
     try:
         (slow_ipam / "delay").write_text("4")
         conf = env.conf()
@@ -711,7 +712,7 @@ def test_slow_clients_hold_no_slot_and_do_not_delay_sigterm(env, node, tmp_path)
     """Issue 15 item 5: as many connections as --workers, each trickling one byte a second, held every
     slot (real requests got code 11) and the daemon ignored SIGTERM. Now a slot is taken only once a
     whole request is in, reading has one deadline per request, and SIGTERM cuts what is being read."""
-    d = Daemon(node, tmp_path / "run" / "pycni.sock", tmp_path / "daemon.log", "--workers", "2")
+    d = Daemon(node, tmp_path / "run" / "pycni.sock", tmp_path / "daemon.log", ["--workers", "2"])
     tricklers = []
     try:
         tricklers = _tricklers(d, 4)

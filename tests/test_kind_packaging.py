@@ -56,7 +56,7 @@ def test_daemonset_manifest():
     assert daemon["command"][:2] == ["/bin/sh", "-c"]
     assert "exec nsenter --mount=/proc/1/ns/mnt -- /opt/cni/bin/pycni daemon" in script
     assert "--cni-path /opt/cni/bin" in script and "--socket /run/pycni/pycni.sock" in script
-    assert {m["mountPath"] for m in daemon["volumeMounts"]} == {"/opt/cni/bin"}
+    assert {m["mountPath"] for m in daemon["volumeMounts"]} == {"/opt/cni/bin", "/etc/cni/net.d"}
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert env["CLUSTER_CIDR"]["value"] == "10.244.0.0/16"
@@ -65,7 +65,12 @@ def test_daemonset_manifest():
     vols = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
     assert all(m["mountPath"] == vols[m["name"]] for m in daemon["volumeMounts"])  # the node's own paths
     assert {vols[n]: mounts[n] for n in mounts} == {"/opt/cni/bin": "/host/opt/cni/bin",
-                                                    "/etc/cni/net.d": "/host/etc/cni/net.d"}
+                                                    "/etc/cni/net.d": "/host/etc/cni/net.d",
+                                                    "/run/pycni": "/run/pycni"}  # agent.json for `pycni status`
+    # metrics (README "Operating pycni"): on in the DaemonSet, on the documented port
+    assert "--metrics-address :9472" in script
+    assert daemon["ports"] == [{"name": "metrics", "containerPort": 9472, "protocol": "TCP"}]
+    assert ds["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9472"
     assert c["image"] == "pycni/agent:dev"  # run-e2e.sh substitutes exactly this string
     assert "image: pycni/agent:dev" in (KIND / "pycni-daemonset.yaml").read_text()
 

@@ -693,10 +693,10 @@ _U32_ROUTE_FIELDS = ("mtu", "advmss", "priority", "table")
 
 
 def add_route(ipr: Any, index: int, route: dict, ifname: str) -> None:
-    for field in _U32_ROUTE_FIELDS:
-        value = route.get(field)
+    for key in _U32_ROUTE_FIELDS:
+        value = route.get(key)
         if value is not None and not 0 <= value <= 0xFFFFFFFF:
-            raise CNIError(INVALID_CONFIG, f"route {route.get('dst')}: {field} {value} does not fit in 32 bits")
+            raise CNIError(INVALID_CONFIG, f"route {route.get('dst')}: {key} {value} does not fit in 32 bits")
     dst = ipaddress.ip_network(route["dst"])
     # proto boot (3), as iproute2 and the reference (vishvananda/netlink) add routes; pyroute2 says static
     kwargs: dict[str, Any] = {"dst": str(dst.network_address), "dst_len": dst.prefixlen, "oif": index,

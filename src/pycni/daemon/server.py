@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 
-from .. import __version__, cli
+from .. import __version__, cli, logfmt, runstate
 from . import DEFAULT_SOCKET, MAX_FRAME, PROTOCOL, SOCKET_ENV, Refused, cni_path, peer
 from .deadline import ACK_TIMEOUT, READ_TIMEOUT, Deadline, Expired, acknowledged, client_gone
 
@@ -133,6 +133,8 @@ class Server:
         self.sock: socket.socket | None = None
         self.view = peer.own_view()  # what a peer must match (request threads return to these namespaces)
         self._inode: tuple[int, int] | None = None
+        self.metrics = None  # pycni.metrics.Metrics when --metrics-address is given
+        self.json_logs = False
 
     # -- socket -------------------------------------------------------------------------------------
 
@@ -302,12 +304,17 @@ class Server:
     def _run(self, plugin: str, env: dict[str, str], stdin: bytes) -> tuple[int, str, str]:
         logs = io.StringIO()
         start = time.perf_counter()
+        probe = self.metrics.begin(plugin, env, stdin) if self.metrics is not None else None
         try:
             status, text = cli.run(plugin, env, stdin, stderr=logs)
+            if probe is not None:
+                self.metrics.end(probe, status, text)  # before the thread's netlink sockets close
         finally:
             _close_thread_sockets()
+        ms = (time.perf_counter() - start) * 1000
         log.info("%s %s %s/%s: exit %d in %.1f ms", plugin, env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID", "-"),
-                 env.get("CNI_IFNAME", "-"), status, (time.perf_counter() - start) * 1000)
+                 env.get("CNI_IFNAME", "-"), status, ms,
+                 extra=_log_fields(env, stdin, status, text, ms) if self.json_logs else None)
         return status, text, logs.getvalue()
 
     def _undo_add(self, plugin: str, env: dict[str, str], stdin: bytes) -> None:
@@ -365,6 +372,20 @@ def _drain(conn: socket.socket) -> None:
         pass
 
 
+def _log_fields(env: dict[str, str], stdin: bytes, status: int, text: str, ms: float) -> dict:
+    """The request's fields for a JSON log line (pycni.logfmt)."""
+    try:
+        network = json.loads(stdin).get("name")
+    except (ValueError, AttributeError):
+        network = None
+    try:
+        code = 0 if status == 0 else json.loads(text).get("code")
+    except (ValueError, AttributeError):
+        code = None
+    return logfmt.fields(env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID"), network if isinstance(network, str) else None,
+                         env.get("CNI_IFNAME"), code, ms)
+
+
 def _close_thread_sockets() -> None:
     links = sys.modules.get("pycni.bridge.links")
     if links is not None:
@@ -381,9 +402,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the only directories delegated plugins are exec'd from (default $CNI_PATH or "
                              f"{cni_path.DEFAULT}); a request naming others is refused (docs/security.md)")
     parser.add_argument("--log-level", default=os.environ.get("PYCNI_LOG_LEVEL", "INFO"))
+    logfmt.add_argument(parser)
+    from .. import metrics
+
+    metrics.add_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    logfmt.basic_config(args.log_level, args.log_format)
     if os.geteuid() != 0:
         print("pycni daemon: must run as root", file=sys.stderr)
         return 1
@@ -401,6 +425,17 @@ def main(argv: list[str] | None = None) -> int:
     preload()
     server = Server(os.path.abspath(args.socket), workers=max(1, args.workers), grace=args.grace, allowed=allowed)
     server.bind()
+    server.json_logs = args.log_format == "json"
+    try:
+        server.metrics = metrics.start(args, server.path, max(1, args.workers))
+    except (OSError, ValueError) as exc:
+        server.unlink()
+        print(f"pycni daemon: metrics: {exc}", file=sys.stderr)
+        return 1
+    state_file = runstate.daemon_file(server.path)
+    runstate.write(state_file, {"version": __version__, "pid": os.getpid(), "started": time.time(),
+                                "workers": max(1, args.workers), "socket": server.path,
+                                "metrics": server.metrics.address if server.metrics else ""})
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
     log.info("pycni %s daemon listening on %s (pid %d)", __version__, server.path, os.getpid())
@@ -410,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.drain()
         server.unlink()
+        if server.metrics is not None:
+            server.metrics.stop()
+        if (runstate.read(state_file) or {}).get("pid") == os.getpid():
+            os.unlink(state_file)
         # Python restores the default SIGTERM action while it shuts down: a second SIGTERM from an
         # impatient supervisor must not turn a clean exit into "killed by signal".
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
