@@ -71,6 +71,8 @@ def protocol_seeds() -> list[bytes]:
         b"b" + FIELD_SEP + _head("GC", "", "", "", "", "/opt/cni/bin") + json.dumps(gc).encode(),
         b"h" + FIELD_SEP + _head("ADD", "c", "net1", "/x", "IgnoreUnknown=1;K8S_POD_NAME=a", "/bin")
         + json.dumps(hl).encode(),
+        b"h" + FIELD_SEP + _head("DEL", "c", "net1", "", "", "/bin")
+        + json.dumps(dict(hl, logFormat="json", logLevel="DEBUG")).encode(),
         b"h" + FIELD_SEP + _head("VERSION", "", "", "", "", "") + b'{"cniVersion": "0.4.0"}',
         b"d" + FIELD_SEP + b"\n" + json.dumps({"proto": 2, "version": "0.1.0", "plugin": "pycni", "deadline": 5,
                                                "env": {"CNI_COMMAND": "DEL"}, "stdin": "e30="}).encode(),

@@ -333,7 +333,7 @@ def test_garbage_does_not_kill_the_daemon(daemon, payload):
 
 
 def test_bad_fields_are_refused(daemon):
-    for over in ({"plugin": "bash"}, {"env": {"A": 1}}, {"env": []}, {"stdin": "***"}, {"stdin": 5},
+    for over in ({"plugin": "bash"}, {"plugin": {"CNI_COMMAND": "ADD"}}, {"plugin": ["pycni"]}, {"env": {"A": 1}}, {"env": []}, {"stdin": "***"}, {"stdin": 5},
                  {"deadline": "soon"}, {"deadline": None}, {"deadline": -1}, {"deadline": 1.5}, {"deadline": True}):
         answer = ask(daemon, request(**over))
         assert "refused" in answer, over

@@ -96,7 +96,7 @@ def decode_request(req: object) -> tuple[str, dict[str, str], bytes, Deadline]:
     if req.get("version") != __version__:
         raise Refused(f"pycni version {req.get('version')!r}, this daemon runs {__version__}")
     plugin, env, data, until = req.get("plugin"), req.get("env"), req.get("stdin"), req.get("deadline")
-    if plugin not in cli.PLUGINS:
+    if not isinstance(plugin, str) or plugin not in cli.PLUGINS:  # (a dict is not even hashable: found by fuzzing)
         raise Refused(f"unknown plugin {plugin!r}")
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise Refused("env must be an object of strings")
