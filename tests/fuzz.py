@@ -200,8 +200,8 @@ def _seed_store(netdir: Path, lines: list[bytes]) -> None:
         op, _, rest = line.partition(b" ")
         name_b, _, content = rest.partition(b" ")
         name = name_b.decode("utf-8", "replace").replace("\x00", "")
-        if not name or "/" in name or name in (".", ".."):
-            continue
+        if not name or "/" in name or name in (".", "..") or len(name.encode()) > 200:
+            continue  # not a name a directory can hold (the seeding, not the store, would fail)
         path = netdir / name
         if os.path.lexists(path):
             continue
