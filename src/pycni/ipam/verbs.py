@@ -17,19 +17,21 @@ from .config import Config, IPAMConfig, ipam_config
 from .ranges import parse_ip
 from .store import DiskStore
 
-__all__ = ["KNOWN_ARGS", "Config", "add", "check", "delete", "gc", "status"]
+__all__ = ["KNOWN_ARGS", "Config", "add", "check", "delete", "gc", "settings", "status"]
 
 # CNI_ARGS keys host-local understands (the reference's IPAMArgs): IP=addr[,addr...]
 KNOWN_ARGS = frozenset({"IP"})
 
 
-def _config(req: Request[Config]) -> IPAMConfig:
+def settings(req: Request[Config]) -> IPAMConfig:
+    """The request's validated host-local settings. Every verb takes them as `cfg` when its caller
+    already has them (the bridge validates before ADD touches the node), so they are built once."""
     return ipam_config(req.conf, req.cni_args)
 
 
-def add(req: Request[Config]) -> Result:
+def add(req: Request[Config], cfg: IPAMConfig | None = None) -> Result:
     """SPEC.md "ADD": one address per range set for (CNI_CONTAINERID, CNI_IFNAME), plus routes and DNS."""
-    cfg = _config(req)
+    cfg = cfg or settings(req)
     dns = parse_resolv_conf(cfg.resolv_conf) if cfg.resolv_conf else DNS()
     with DiskStore(cfg.data_dir, cfg.network) as store:
         faults.point("ipam.add.locked")
@@ -38,9 +40,9 @@ def add(req: Request[Config]) -> Result:
     return Result(cniVersion=req.version, ips=ips, routes=list(cfg.routes), dns=dns)
 
 
-def delete(req: Request[Config]) -> None:
+def delete(req: Request[Config], cfg: IPAMConfig | None = None) -> None:
     """SPEC.md "DEL": release every lease of the attachment; nothing to release is success."""
-    cfg = _config(req)
+    cfg = cfg or settings(req)
     store = DiskStore(cfg.data_dir, cfg.network, create=False)
     if not store.exists():
         return  # DEL must not create state
@@ -49,9 +51,9 @@ def delete(req: Request[Config]) -> None:
         allocator.release(store, req.container_id, req.ifname)
 
 
-def check(req: Request[Config]) -> None:
+def check(req: Request[Config], cfg: IPAMConfig | None = None) -> None:
     """SPEC.md "CHECK": the attachment holds a lease, and every prevResult address in our ranges is its."""
-    cfg = _config(req)
+    cfg = cfg or settings(req)
     store = DiskStore(cfg.data_dir, cfg.network, create=False)
     if not store.exists():
         raise CNIError(CHECK_FAILED, f"host-local: failed to find address added by container {req.container_id}")
@@ -66,9 +68,9 @@ def check(req: Request[Config]) -> None:
             raise CNIError(CHECK_FAILED, f"host-local: {addr} is not leased to {req.container_id}/{req.ifname}")
 
 
-def status(req: Request[Config]) -> None:
+def status(req: Request[Config], cfg: IPAMConfig | None = None) -> None:
     """SPEC.md "STATUS": ready when the store can be written; code 50 otherwise. Creates nothing."""
-    cfg = _config(req)
+    cfg = cfg or settings(req)
     store = DiskStore(cfg.data_dir, cfg.network, create=False)
     if store.exists():
         try:
@@ -86,10 +88,10 @@ def status(req: Request[Config]) -> None:
         raise CNIError(STATUS_NOT_AVAILABLE, "host-local: cannot create the IPAM store", cfg.data_dir)
 
 
-def gc(req: Request[Config]) -> None:
+def gc(req: Request[Config], cfg: IPAMConfig | None = None) -> None:
     """SPEC.md "GC": release every lease whose attachment is not in cni.dev/valid-attachments."""
     valid = req.conf.gc_attachments()
-    cfg = _config(req)
+    cfg = cfg or settings(req)
     store = DiskStore(cfg.data_dir, cfg.network, create=False)
     if not store.exists():
         return
