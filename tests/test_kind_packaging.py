@@ -37,8 +37,10 @@ def test_daemonset_manifest():
     docs = {d["kind"]: d for d in _yaml_docs(KIND / "pycni-daemonset.yaml")}
     assert set(docs) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"}
     assert docs["ServiceAccount"]["metadata"] == {"name": "pycni", "namespace": "kube-system"}
-    assert docs["ClusterRole"]["rules"] == [{"apiGroups": [""], "resources": ["nodes"],
-                                             "verbs": ["get", "list", "watch"]}]
+    assert docs["ClusterRole"]["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["list", "watch"]}]
     binding = docs["ClusterRoleBinding"]
     assert binding["roleRef"]["name"] == "pycni"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pycni", "namespace": "kube-system"}]
@@ -48,7 +50,7 @@ def test_daemonset_manifest():
     assert ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
     assert pod["hostNetwork"] is True and pod["serviceAccountName"] == "pycni"
     assert {"operator": "Exists"} in pod["tolerations"]
-    c, daemon = pod["containers"]
+    c, daemon, netpol = pod["containers"]
     # the daemon runs in the node's mount namespace (it serves only callers in its own namespaces,
     # docs/security.md): hostPID, and the node's installed pycni entered through /proc/1/ns/mnt
     assert pod["hostPID"] is True and daemon["securityContext"]["privileged"] is True
@@ -57,6 +59,8 @@ def test_daemonset_manifest():
     assert "exec nsenter --mount=/proc/1/ns/mnt -- /opt/cni/bin/pycni daemon" in script
     assert "--cni-path /opt/cni/bin" in script and "--socket /run/pycni/pycni.sock" in script
     assert {m["mountPath"] for m in daemon["volumeMounts"]} == {"/opt/cni/bin", "/etc/cni/net.d"}
+    assert netpol["command"] == ["/bundle/pycni", "netpol", "--kube"] and netpol["image"] == c["image"]
+    assert netpol["env"][0]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert env["CLUSTER_CIDR"]["value"] == "10.244.0.0/16"

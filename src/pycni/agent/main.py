@@ -33,7 +33,7 @@ import threading
 import time
 
 from .. import logfmt, runstate
-from . import conflist, install, masq, routes
+from . import conflist, install, masq, routes, sysctl
 from .nodes import SA_DIR, FileSource, KubeClient, KubeSource, NodeList, NodeSourceError
 
 log = logging.getLogger("pycni.agent")
@@ -89,19 +89,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _sysctl(path: str, value: str) -> None:
-    full = os.path.join("/proc/sys", path)
-    try:
-        with open(full) as f:
-            if f.read().strip() == value:
-                return
-        with open(full, "w") as f:
-            f.write(value)
-        log.info("set %s = %s", path.replace("/", "."), value)
-    except OSError as exc:
-        log.warning("cannot set %s: %s", path, exc)
-
-
 class Agent:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -141,14 +128,12 @@ class Agent:
             status["errors"].append(f"node {a.node_name!r} has no pod CIDR yet")
         versions = {4 if ":" not in c else 6 for c in pod_cidrs}
         if 4 in versions or not versions:
-            _sysctl("net/ipv4/ip_forward", "1")
+            sysctl.ensure("net/ipv4/ip_forward", "1")
         if 6 in versions:
-            _sysctl("net/ipv6/conf/all/forwarding", "1")
+            sysctl.ensure("net/ipv6/conf/all/forwarding", "1")
         # kube-proxy (iptables/nftables) must see bridged pod-to-pod traffic, or a Service whose backend is on
         # the client's own bridge answers with the backend's address (un-DNATed). Only when br_netfilter is loaded.
-        for fam in ("iptables", "ip6tables"):
-            if os.path.exists(f"/proc/sys/net/bridge/bridge-nf-call-{fam}"):
-                _sysctl(f"net/bridge/bridge-nf-call-{fam}", "1")
+        sysctl.bridge_netfilter()
 
         want = routes.desired(nodes.nodes, a.node_name)
         status["errors"] += want.problems
