@@ -9,6 +9,7 @@ PYCNI_HOME  ?= /opt/pycni
 BUILD       ?= build
 CNITOOL     := $(BUILD)/bin/pycni-cnitool
 PYTEST_ARGS ?=
+FUZZ_SECONDS ?= 300
 # NATIVE_SHIM=1: the installed executables are a ~1 ms C shim in front of the daemon
 NATIVE_SHIM ?= 0
 
@@ -131,6 +132,9 @@ bench-netpol: venv
 STRESS_ARGS ?=
 stress: venv
 	$(VPY) integration/stress.py $(STRESS_ARGS)
+	mkdir -p $(BUILD)/fuzz/protocol $(BUILD)/fuzz/store
+	cd $(BUILD)/fuzz && $(abspath $(VPY)) $(CURDIR)/tests/fuzz.py protocol -max_total_time=$(FUZZ_SECONDS) -timeout=30 protocol
+	cd $(BUILD)/fuzz && PYCNI_FUZZ_WORK=$(abspath $(BUILD))/fuzz $(abspath $(VPY)) $(CURDIR)/tests/fuzz.py store -max_total_time=$(FUZZ_SECONDS) -timeout=30 store
 
 # Every test that needs no root (no namespaces): the protocol layer, the config models, the allocator,
 # host-local exec'd against the reference... Root tests carry the `root` mark (tests/conftest.py adds

@@ -234,7 +234,8 @@ class Mode:
     def start_daemon(self) -> None:
         self.socket.parent.mkdir(mode=0o700)
         with open(self.tmp / "daemon.log", "wb") as log:
-            self.daemon = subprocess.Popen([str(self.bin_dir / "pycni"), "daemon", "--socket", str(self.socket)],
+            self.daemon = subprocess.Popen([str(self.bin_dir / "pycni"), "daemon", "--socket", str(self.socket),
+                                            "--cni-path", str(self.bin_dir)],
                                            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
         sel = selectors.DefaultSelector()
         assert self.daemon.stdout is not None

@@ -290,3 +290,19 @@ def test_allocation_skips_held_leases_without_asking_the_store():
     assert tried == [ip("10.1.0.2"), ip("10.1.0.3")]
     assert code_of(allocator.allocate, [V4SET], [], store, "c", "eth0") == 102
     assert tried == [ip("10.1.0.2"), ip("10.1.0.3")]  # a full set is found full without one write attempt
+
+
+def test_collect_garbage_goes_on_past_a_lease_it_cannot_remove():
+    """Issue 15: one stale lease that cannot be removed is reported after every other stale lease is gone."""
+
+    class Stuck(FakeStore):
+        def release(self, addr) -> None:
+            if addr == ip("10.1.0.3"):
+                raise CNIError(5, "failed to remove 10.1.0.3")
+            super().release(addr)
+
+    store = Stuck({ip("10.1.0.2"): ("a", "eth0"), ip("10.1.0.3"): ("b", "eth0"), ip("10.1.0.4"): ("c", "eth0")})
+    with pytest.raises(CNIError) as err:
+        allocator.collect_garbage(store, set())
+    assert err.value.code == 5
+    assert set(store.files) == {ip("10.1.0.3")}

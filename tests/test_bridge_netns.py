@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from test_bridge_support import (
+    CNI_PATH,
     Env,
     bridge_run_dir_cleanup,
     ips_of,
     needs_root,
+    ns_path,
     start_tcp_server,
     stop,
     tcp_get,
@@ -482,3 +487,54 @@ def test_parallel_adds(env):
     assert env.leases() == []
     assert [n for n in env.links() if n.startswith("veth")] == []
     assert env.firewall() == before_fw
+
+
+# -- issue 15: edges an attacker or an unlucky operator reaches ---------------------------------------
+
+
+@pytest.mark.parametrize(("cid_len", "network"), [(211, "net4"), (64, "n" * 151), (250, "n" * 200)])
+def test_long_container_id_and_network_name(env, cid_len, network):
+    """The veth alias is cut to what the kernel accepts (254 bytes + NUL): ADD works like the Go
+    bridge's, DEL and GC still find the veth by the alias prefix, nothing is left behind."""
+    conf = env.conf(name=network)
+    pod = env.pod()
+    pod.cid = ("c" + pod.cid + "x" * cid_len)[:cid_len]
+    result = env.add(conf, pod)
+    veth = veth_of(result)
+    alias = env.links()[veth].get("ifalias", "")
+    assert alias.startswith("pycni:") and len(alias.encode()) <= 254, alias
+    assert env.leases(network) != []
+    env.delete(conf, pod)
+    assert veth not in env.links() and env.leases(network) == []
+    assert env.links(pod.name).keys() == {"lo"}
+
+
+def test_failure_after_the_veth_exists_removes_it(env):
+    """Any step that fails once the pair exists (here: the alias, made too long again as before the
+    fix, so the kernel refuses it with ERANGE) removes the pair before ADD answers its error."""
+    pod = env.pod()
+    code = ("import pycni.bridge.verbs as v\n"
+            "v.MAX_ALIAS_BYTES = 400\n"
+            "from pycni.cli import main_bridge\n"
+            "main_bridge()\n")
+    penv = {"PATH": os.environ["PATH"], "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c" * 300,
+            "CNI_NETNS": pod.path, "CNI_IFNAME": "eth0", "CNI_PATH": CNI_PATH, "PYCNI_NO_DAEMON": "1"}
+    proc = subprocess.run(["nsenter", f"--net={ns_path(env.node)}", "--", sys.executable, "-c", code],
+                          input=json.dumps(env.conf()).encode(), env=penv, capture_output=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 101, proc.stdout + proc.stderr
+    assert not [n for n in env.links() if n.startswith("veth")], "the veth pair leaked"
+    assert env.links(pod.name).keys() == {"lo"} and env.leases() == []
+
+
+@pytest.mark.parametrize("given", ["netns/x", "relative", "/var/run/netns/../netns/gone", "::garbage"])
+def test_del_with_a_relative_or_garbage_netns_releases_everything(env, given):
+    """DEL does not need the namespace (SPEC.md "DEL"): the Go bridge releases the lease whatever
+    CNI_NETNS says, and so do we - the veth (found by name) and the lease both go."""
+    conf = env.conf()
+    pod = env.pod()
+    veth = veth_of(env.add(conf, pod))
+    res = env.run("DEL", conf, pod, netns=given)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert veth not in env.links() and env.leases() == []
+    assert env.links(pod.name).keys() == {"lo"}

@@ -133,3 +133,52 @@ def test_the_daemons_lease_view_sees_every_change(tmp_path, monkeypatch):
     net.mkdir()
     (net / "10.99.0.7").write_text("c7\r\neth0")
     assert owners() == {"10.99.0.7": "c7"}
+
+
+def _inotify_fds() -> dict[int, int]:
+    """This process's inotify instances: fd -> how many watches the kernel holds for it."""
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as fh:
+                out[int(fd)] = sum(line.startswith("inotify wd:") for line in fh)
+        except OSError:
+            continue
+    return out
+
+
+def test_one_inotify_instance_and_bounded_watches(tmp_path, monkeypatch):
+    """Issue 15: one inotify instance per network directory leaked (root's limit of 128 instances is
+    shared with containerd and the kubelet). Now: one instance for the process, at most MAX_WATCHES
+    watches, and a removed directory's watch is gone (the kernel drops it, the view forgets it)."""
+    import shutil
+
+    from pycni.ipam import allocator, store
+    from pycni.ipam.ranges import Range, RangeSet
+
+    monkeypatch.setattr(store, "_cache_enabled", True)
+    monkeypatch.setattr(store, "_watches", {})
+    monkeypatch.setattr(store, "_by_wd", {})
+    monkeypatch.setattr(store, "_inotify_fd", None)
+    monkeypatch.setattr(store, "MAX_WATCHES", 20)
+    before = _inotify_fds()
+    rs = RangeSet.build([Range.build("10.99.0.0/24")], where="t")
+    try:
+        for n in range(30):
+            with store.DiskStore(str(tmp_path), f"net{n}") as st:
+                allocator.allocate([rs], [], st, "c1", "eth0")
+                allocator.release(st, "c1", "eth0")
+        mine = {fd: w for fd, w in _inotify_fds().items() if fd not in before}
+        assert list(mine) == [store._inotify_fd], mine  # one instance, not one per directory
+        assert mine[store._inotify_fd] == 20 == len(store._watches)  # bounded: the oldest gave theirs back
+        for n in range(30):
+            shutil.rmtree(tmp_path / f"net{n}")
+        assert _inotify_fds()[store._inotify_fd] == 0  # released by the kernel when the directories went
+        with store.DiskStore(str(tmp_path), "other") as st:
+            st.leases()
+        assert list(store._watches) == [str(tmp_path / "other")]  # the view forgot the removed ones
+    finally:
+        if store._inotify_fd is not None:
+            os.close(store._inotify_fd)

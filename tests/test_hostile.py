@@ -181,6 +181,10 @@ CASES: dict[str, Case] = {
     "cid-newline": P(4, cid="livectr\nrogue"),
     "cid-traversal-on-DEL": P(4, command="DEL", cid="../livectr"),
     "netns-relative": P(4, netns="var/run/netns/x"),
+    # the plugin's own namespace (the node's): libcni's ErrInvalidNetNS (8), refused before anything
+    "netns-own-proc-self": P(8, conf(isDefaultGateway=True), netns="/proc/self/ns/net"),
+    "netns-own-thread-self": P(8, conf(isDefaultGateway=True), netns="/proc/thread-self/ns/net"),
+    "netns-own-dotdot-path": P(8, conf(bridge="cni0"), netns="/proc/self/task/../ns/net"),
     "netns-missing": P(4, netns="/var/run/netns/pycni-does-not-exist"),
     "netns-regular-file": P(4, netns="/etc/hostname"),
     "netns-directory": P(4, netns="/tmp"),

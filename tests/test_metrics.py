@@ -14,7 +14,7 @@ import sys
 import pytest
 from conftest import VENV_BIN, in_ns
 from prometheus_client.parser import text_string_to_metric_families
-from test_bridge_support import Env, needs_root, ns_path
+from test_bridge_support import CNI_PATH, Env, needs_root, ns_path
 from test_daemon import Daemon, warm
 
 pytestmark = needs_root
@@ -83,8 +83,9 @@ def test_metrics_move_with_real_adds_dels_and_gc(env, conf, mdaemon, tmp_path):
     assert value(s, "pycni_ipam_leases", **pool) == 2
 
     # GC through the daemon (`pycni gc` hands the verb over): pods[2] is not valid any more
+    # (--cni-path: the daemon serves only requests whose CNI_PATH is in its allowlist, docs/security.md)
     gc = in_ns(env.node, str(VENV_BIN / "pycni"), "gc", "--valid-id", pods[1].cid, "--conf-dir",
-               str(tmp_path / "conf"), "--socket", str(mdaemon.sock), "--json", check=False)
+               str(tmp_path / "conf"), "--socket", str(mdaemon.sock), "--cni-path", CNI_PATH, "--json", check=False)
     assert gc.returncode == 0, gc.stdout + gc.stderr
     s = scrape(env.node)
     assert value(s, "pycni_gc_runs_total", network="testnet", result="ok") == 1

@@ -198,3 +198,24 @@ def test_no_inodes_left(lab):
         if cid != "first":
             assert s.hl("DEL", cid).returncode == 0
     assert s.add_ok("second")
+
+
+# -- odd entries (issue 15): names the reference skips must not break any verb --------------------------
+
+
+@pytest.mark.parametrize("odd", [".pycni-tmp-x", ".pycni-tmp-123-10.68.0.9", "10.68.0.3", "10.68.0.250"])
+def test_a_directory_in_the_store_breaks_no_verb(lab, odd):
+    """A directory named like our temporaries or like an address is not ours and not a lease (the
+    Go host-local skips directories): ADD, DEL and GC work around it and never remove it."""
+    s = Store(lab)
+    s.add_ok("first")  # 10.68.0.2
+    (s.dir / odd).mkdir()
+    (s.dir / odd / "inside").write_text("keep\n")
+    second = s.add_ok("second")
+    assert second not in ("10.68.0.2", odd)
+    assert s.hl("DEL", "first").returncode == 0
+    gc = rel.gc_conf(s.conf, [("second", "eth0")])
+    res = rel.run("pycni-host-local", "GC", gc, node=s.node, cid=None, ifname=None)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert {ip: o for ip, o in rel.leases(s.dir).items() if ip != odd} == {second: ("second", "eth0")}
+    assert (s.dir / odd / "inside").read_text() == "keep\n"

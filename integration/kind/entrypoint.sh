@@ -8,9 +8,12 @@
 #                             round succeeded (the agent container's readiness probe).
 #   entrypoint.sh daemon [ARGS]  the warm-path daemon on /run/pycni/pycni.sock (docs/performance.md), ARGS added
 #                             (--metrics-address ...); on SIGTERM it drains for DAEMON_GRACE seconds (default 20:
-#                             keep terminationGracePeriodSeconds above it).
+#                             keep terminationGracePeriodSeconds above it). It serves only callers in its own
+#                             namespaces (docs/security.md), so it waits for the agent's install and runs the
+#                             node's /opt/cni/bin/pycni in the node's mount namespace (that of /proc/1, hostPID).
 #   entrypoint.sh daemon-ready  the daemon container's readiness probe: exit 0 when the daemon serves a request
-#                             over its socket (a CNI VERSION), 1 when it does not answer or refuses.
+#                             over its socket (a CNI VERSION sent from the node's mount namespace), 1 when it does
+#                             not answer or refuses.
 #
 # Env: NODE_NAME (downward API), CLUSTER_CIDR, AGENT_INTERVAL (seconds, default 30), CNI_VERSION (default 1.0.0),
 # EXTRA_ARGS (more agent arguments), DAEMON_GRACE.
@@ -19,9 +22,11 @@ B=${BUNDLE_DIR:-/bundle}
 case ${1:-agent} in
   daemon)
     shift
-    exec "$B/pycni" daemon --socket /run/pycni/pycni.sock --grace "${DAEMON_GRACE:-20}" "$@" ;;
+    until [ -x /opt/cni/bin/pycni ]; do sleep 1; done
+    exec nsenter --mount=/proc/1/ns/mnt -- /opt/cni/bin/pycni daemon --socket /run/pycni/pycni.sock \
+      --cni-path /opt/cni/bin --grace "${DAEMON_GRACE:-20}" "$@" ;;
   daemon-ready)
-    exec "$B/pycni.d/bin/python3" -I -c '
+    exec nsenter --mount=/proc/1/ns/mnt -- /opt/cni/bin/pycni.d/bin/python3 -I -c '
 import sys
 from pycni.daemon import client
 answer = client.call("pycni", {"CNI_COMMAND": "VERSION"}, b"{\"cniVersion\": \"1.0.0\"}")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from .. import faults
-from ..spec.errors import INVALID_ENV, KERNEL, CNIError
+from ..spec.errors import INVALID_CONFIG, INVALID_ENV, KERNEL, CNIError
 
 CLONE_NEWNET = 0x40000000
 IFF_UP = 0x1
@@ -257,6 +257,12 @@ class Pod:
                 self.ipr = None
         finally:
             self._leave()
+
+    def is_own(self) -> bool:
+        """Whether this is the namespace the calling thread is in (the node's, for the plugin)."""
+        here = os.stat("/proc/thread-self/ns/net")
+        mine = os.fstat(self.fd)
+        return (mine.st_dev, mine.st_ino) == (here.st_dev, here.st_ino)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -557,14 +563,22 @@ def create_veth(pod: Pod, host_name: str, ifname: str, bridge: Link, mtu: int, m
                                "a previous attachment with the same container ID and ifname was not deleted") from None
             raise CNIError(KERNEL, f"container interface {ifname!r} already exists in {pod.path}") from None
         raise CNIError(KERNEL, f"failed to create veth pair {host_name!r}/{ifname!r}", str(exc)) from None
-    faults.point("bridge.veth.created")
-    link = get_link(host_name)
-    if link is None:
-        raise CNIError(KERNEL, f"veth {host_name!r} vanished right after it was created")
-    with kernel(f"set the alias of {host_name!r}"):
-        ipr.link("set", index=link.index, ifalias=alias)
-    link.alias = alias
-    write_sysctl(f"net/ipv6/conf/{host_name}/accept_ra", "0", only_if_different=False)
+    # From here on the pair exists: any failure of this function removes it before raising (the
+    # caller registers its undo only once it has the link - an undo for a name that was never
+    # created could delete another attachment's veth).
+    try:
+        faults.point("bridge.veth.created")
+        link = get_link(host_name)
+        if link is None:
+            raise CNIError(KERNEL, f"veth {host_name!r} vanished right after it was created")
+        with kernel(f"set the alias of {host_name!r}"):
+            ipr.link("set", index=link.index, ifalias=alias)
+        link.alias = alias
+        write_sysctl(f"net/ipv6/conf/{host_name}/accept_ra", "0", only_if_different=False)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            delete_link(host_name)
+        raise
     return link
 
 
@@ -672,7 +686,17 @@ def pod_configure(pod: Pod, ifname: str, ips: list[str], routes: list[dict], up:
     return get_link(ifname, ipr) or link
 
 
+# rtnetlink carries a route's priority and table (RTA_PRIORITY, RTA_TABLE) and its metrics (RTAX_MTU,
+# RTAX_ADVMSS) as u32: a larger number must be refused here, as a configuration error, before pyroute2
+# fails to pack it (a struct.error, which would surface as an internal error).
+_U32_ROUTE_FIELDS = ("mtu", "advmss", "priority", "table")
+
+
 def add_route(ipr: Any, index: int, route: dict, ifname: str) -> None:
+    for key in _U32_ROUTE_FIELDS:
+        value = route.get(key)
+        if value is not None and not 0 <= value <= 0xFFFFFFFF:
+            raise CNIError(INVALID_CONFIG, f"route {route.get('dst')}: {key} {value} does not fit in 32 bits")
     dst = ipaddress.ip_network(route["dst"])
     # proto boot (3), as iproute2 and the reference (vishvananda/netlink) add routes; pyroute2 says static
     kwargs: dict[str, Any] = {"dst": str(dst.network_address), "dst_len": dst.prefixlen, "oif": index,

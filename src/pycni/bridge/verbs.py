@@ -22,6 +22,7 @@ from ..spec.errors import (
     DELEGATE_FAILED,
     INVALID_CONFIG,
     INVALID_ENV,
+    INVALID_NETNS,
     KERNEL,
     STATUS_NOT_AVAILABLE,
     CNIError,
@@ -51,8 +52,16 @@ def alias_prefix(network: str) -> str:
     return f"pycni:{masquerade.network_id(network)}:"
 
 
+# The kernel's IFLA_IFALIAS limit is IFALIASZ - 1 = 255 bytes *including* the terminating NUL that
+# netlink strings carry (a 255-character alias is refused with ERANGE): at most 254 bytes of text.
+MAX_ALIAS_BYTES = 254
+
+
 def veth_alias(att: masquerade.Attachment) -> str:
-    return f"{alias_prefix(att.network)}{att.key}:{att.network}:{att.ifname}:{att.container_id}"[:255]
+    """`pycni:<network id>:<key>:` (all DEL and GC read: fixed length, always kept) followed by the
+    readable part, cut to what the kernel accepts (in bytes: an ifname may be non-ASCII)."""
+    text = f"{alias_prefix(att.network)}{att.key}:{att.network}:{att.ifname}:{att.container_id}"
+    return text.encode()[:MAX_ALIAS_BYTES].decode(errors="ignore")
 
 
 class Rollback:
@@ -90,6 +99,12 @@ def add(req: Request) -> Result:
         pod = links.Pod(req.netns)
     except links.NetnsGone:
         raise CNIError(INVALID_ENV, "CNI_NETNS does not exist", req.netns) from None
+    if pod.is_own():
+        # The Go skel refuses this too (pkg/skel/skel.go, ns.CheckNetNS -> types.ErrInvalidNetNS), but
+        # only after its ADD ran; here nothing has been touched yet. DEL does not use the namespace.
+        pod.close()
+        raise CNIError(INVALID_NETNS, "CNI_NETNS is the plugin's own network namespace",
+                       f"{req.netns} would put the pod interface, its addresses and routes in the node")
     try:
         faults.point("bridge.add.start")
         ours = _plumb(req, conf, pod, undo)

@@ -4,31 +4,30 @@ client the exec'd `pycni` / `pycni-host-local` use to hand a request over to it 
 Protocol (one request per connection, over a root-only unix socket, default /run/pycni/pycni.sock):
 both directions are one frame, a 4-byte big-endian length followed by that many bytes of UTF-8 JSON.
 
-  request  {"proto": 1, "version": "<pycni version>", "plugin": "pycni" | "pycni-host-local",
-            "ns": "<net ns inode>:<pid ns inode>", "env": {the caller's whole environment},
-            "stdin": "<base64 of stdin>"}
+  request  {"proto": 2, "version": "<pycni version>", "plugin": "pycni" | "pycni-host-local",
+            "deadline": <CLOCK_MONOTONIC milliseconds when the client gives up>,
+            "env": {the caller's whole environment}, "stdin": "<base64 of stdin>"}
   answer   {"status": <exit status>, "stdout": "<the one document, or empty>", "stderr": "<logs>"}
       or   {"refused": "<why>"}  - nothing was done: the client runs the verb itself.
+  then     the client sends one byte, ACK (0x06), once it has the answer and will use it; an ADD
+           whose answer is not acknowledged (the client gave up or died) is undone by the daemon.
 
-The daemon refuses a request from a peer that is not root (SO_PEERCRED), of another protocol or
-pycni version (so an upgrade never mixes an old daemon with a new plugin), from another network or
-PID namespace than its own (the plugin works on the network namespace it runs in, and a CNI_NETNS
-like /proc/<pid>/ns/net names a process of the caller's PID namespace), and any request it cannot
-parse. This package's __init__ and client import nothing heavy: they run in every exec'd plugin.
+Who may call and in whose view (peer.py: uid 0, the daemon's capabilities, the same user, mount,
+network, PID and time namespaces - all read from the kernel, nothing the request says about itself),
+which executables it runs (cni_path.py), and the deadlines (deadline.py): docs/security.md. A request
+of another protocol or pycni version is refused too (an upgrade never mixes an old daemon with a new
+plugin). This package's __init__ and client import nothing heavy: they run in every exec'd plugin.
 """
 
-PROTOCOL = 1
+PROTOCOL = 2
 DEFAULT_SOCKET = "/run/pycni/pycni.sock"
 SOCKET_ENV = "PYCNI_SOCKET"  # overrides DEFAULT_SOCKET (tests, benchmarks, unusual layouts)
 MAX_FRAME = 4 << 20  # a request carries at most 1 MiB of stdin (base64) plus the environment
+ACK = b"\x06"  # the client's acknowledgement of an answer
 
 
-def namespaces() -> str:
-    """"<net ns inode>:<pid ns inode>" of the calling thread: a request is served only by a daemon
-    in the same network and PID namespaces as the plugin that hands it over."""
-    import os
-
-    return f"{os.stat('/proc/thread-self/ns/net').st_ino}:{os.stat('/proc/thread-self/ns/pid').st_ino}"
+class Refused(Exception):
+    """The request is not served; the client runs the verb itself."""
 
 
 def recv_exact(sock, n: int) -> bytes:

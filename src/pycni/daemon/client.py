@@ -15,9 +15,10 @@ import _json
 import _socket
 import binascii
 import os
+import time
 
 from .. import __version__
-from . import DEFAULT_SOCKET, MAX_FRAME, PROTOCOL, SOCKET_ENV, namespaces, recv_exact
+from . import ACK, DEFAULT_SOCKET, MAX_FRAME, PROTOCOL, SOCKET_ENV, recv_exact
 
 CONNECT_TIMEOUT = 0.5  # seconds: a unix socket connects at once or not at all
 REPLY_TIMEOUT_ENV = "PYCNI_DAEMON_TIMEOUT"
@@ -82,6 +83,20 @@ def _try_again(msg: str, details: str) -> tuple[int, str, str]:
     return 1, doc, f"pycni: {msg}: {details}\n"
 
 
+class _Until:
+    """recv() with one deadline for the whole answer, not a timeout per call."""
+
+    def __init__(self, sock, deadline: float) -> None:
+        self.sock, self.deadline = sock, deadline
+
+    def recv(self, size: int) -> bytes:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        self.sock.settimeout(left)
+        return self.sock.recv(size)
+
+
 def call(plugin: str, environ: dict[str, str], stdin: bytes) -> tuple[int, str, str] | None:
     """(exit status, stdout text, stderr text) from the daemon, or None: run the verb here."""
     global last_fallback
@@ -94,12 +109,18 @@ def call(plugin: str, environ: dict[str, str], stdin: bytes) -> tuple[int, str, 
             sock.connect(path)
         except OSError:
             return None  # no daemon (no socket, a stale socket, not allowed): standalone
-        request = _encode({"proto": PROTOCOL, "version": __version__, "plugin": plugin, "ns": namespaces(), "env": environ,
-                           "stdin": binascii.b2a_base64(stdin, newline=False).decode("ascii")})
         try:
             timeout = float(environ.get(REPLY_TIMEOUT_ENV) or DEFAULT_REPLY_TIMEOUT)
         except ValueError:
             timeout = DEFAULT_REPLY_TIMEOUT
+        if not 0 < timeout <= 86400:  # NaN, negative, infinite: the default
+            timeout = DEFAULT_REPLY_TIMEOUT
+        # The daemon runs nothing once this deadline has passed (same CLOCK_MONOTONIC: it serves only
+        # callers in its own time namespace), and undoes an ADD whose answer we do not acknowledge.
+        deadline = time.monotonic() + timeout
+        request = _encode({"proto": PROTOCOL, "version": __version__, "plugin": plugin,
+                           "deadline": int(deadline * 1000), "env": environ,
+                           "stdin": binascii.b2a_base64(stdin, newline=False).decode("ascii")})
         sock.settimeout(timeout)
         try:
             sock.sendall(len(request).to_bytes(4, "big") + request)
@@ -107,14 +128,20 @@ def call(plugin: str, environ: dict[str, str], stdin: bytes) -> tuple[int, str, 
             last_fallback = "refused"
             return None  # the daemon closed before reading: it did nothing (e.g. it is stopping)
         try:
-            size = int.from_bytes(recv_exact(sock, 4), "big")
+            reader = _Until(sock, deadline)
+            size = int.from_bytes(recv_exact(reader, 4), "big")
             if size > MAX_FRAME:
                 raise ValueError(f"answer of {size} bytes")
-            answer = _decode(recv_exact(sock, size).decode("utf-8"))
+            answer = _decode(recv_exact(reader, size).decode("utf-8"))
         except TimeoutError:
             return _try_again("the pycni daemon did not answer in time", f"{timeout:g} s on {path}")
         except (OSError, EOFError, ValueError) as exc:
             return _try_again("the pycni daemon failed during the request", f"{type(exc).__name__}: {exc}")
+        if isinstance(answer, dict) and "status" in answer:
+            try:
+                sock.send(ACK)  # we have it and will use it (an unacknowledged ADD is undone)
+            except OSError:
+                pass  # the daemon is gone: it can no longer undo anything, the answer stands
     finally:
         sock.close()
     if not isinstance(answer, dict) or "refused" in answer:

@@ -5,21 +5,26 @@ only its own work: the exec'd plugin (pycni.daemon.client) forwards (plugin, env
 and the daemon answers with exactly what `pycni.cli.run` returns - the same function the standalone
 plugin runs, so results, errors and exit codes are identical either way.
 
-  * Access: the socket is 0600 in a 0700 directory, and every peer must be root (SO_PEERCRED),
-    since a request creates interfaces in any namespace it names and runs CNI_PATH executables.
-  * Concurrency: one thread per connection, at most --workers at a time; what needs serialising
-    already is (the IPAM store's flock, the firewall lock); each thread has its own pyroute2
-    sockets, and `links.Pod` switches only the calling thread into a pod netns (setns(2) is
-    per thread).
+  * Access (peer.py, docs/security.md): the socket is 0600 in a 0700 directory, and a peer is served
+    only when the kernel says it is root, holds every capability the daemon has, and lives in the
+    daemon's user, mount, network, PID and time namespaces; delegates are exec'd only from the
+    --cni-path allowlist (cni_path.py). Anything else is refused: the client runs the verb itself.
+  * Concurrency: one thread per connection (at most 4 x --workers; more are refused at once), at
+    most --workers verbs running at a time - a slot is taken only once the whole request has been
+    read, so a client that trickles its request holds no slot; what needs serialising already is
+    (the IPAM store's flock, the firewall lock); each thread has its own pyroute2 sockets, and
+    `links.Pod` switches only the calling thread into a pod netns (setns(2) is per thread).
+  * Deadlines (deadline.py): a request must arrive whole within READ_TIMEOUT; it is dropped unrun
+    when its client's deadline has passed or the client is gone; an ADD whose answer the client
+    does not acknowledge is undone with a DEL.
   * Robustness: a request that cannot be read or parsed is refused, a verb that raises becomes
-    its CNI error document (cli.run never raises), and nothing a client sends can stop the
-    daemon. Reading a request times out after REQUEST_TIMEOUT seconds.
+    its CNI error document (cli.run never raises), and nothing a client sends can stop the daemon.
   * Versions: a request from another pycni version or protocol is refused, and the client then
     runs the verb itself - an upgraded plugin never talks to an old daemon's code.
-  * SIGTERM / SIGINT: stop accepting, let running requests finish (up to --grace seconds), remove
-    the socket, exit 0.
-  * Paths: CNI_NETNS is absolute, so the daemon opens the caller's namespace as it is; delegated
-    plugins run from the daemon with the caller's environment (Request.environ).
+  * SIGTERM / SIGINT: stop accepting, refuse every request not yet running (those still being
+    read included), let running requests finish (up to --grace seconds), remove the socket, exit 0.
+  * Paths: CNI_NETNS, dataDir and CNI_PATH resolve in the daemon's mount namespace, which is the
+    caller's; delegated plugins run from the daemon with the caller's environment (Request.environ).
 """
 
 from __future__ import annotations
@@ -34,20 +39,16 @@ import os
 import signal
 import socket
 import stat
-import struct
 import sys
 import threading
 import time
 
 from .. import __version__, cli, logfmt, runstate
-from . import DEFAULT_SOCKET, MAX_FRAME, PROTOCOL, SOCKET_ENV, namespaces, recv_exact
+from . import DEFAULT_SOCKET, MAX_FRAME, PROTOCOL, SOCKET_ENV, Refused, cni_path, peer
+from .deadline import ACK_TIMEOUT, READ_TIMEOUT, Deadline, Expired, acknowledged, client_gone
 
-REQUEST_TIMEOUT = 10.0  # seconds to receive a whole request once connected
+SLOT_POLL = 0.2  # seconds between looks at the client and the stop flag while waiting for a slot
 log = logging.getLogger("pycnid")  # not under "pycni": those handlers belong to requests
-
-
-class Refused(Exception):
-    """The request is not served; the client runs the verb itself."""
 
 
 def preload() -> None:
@@ -67,48 +68,47 @@ def preload() -> None:
     cli.run("pycni", {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.1.0"}', stderr=io.StringIO())
 
 
-def _peer_uid(conn: socket.socket) -> int:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
-
-
-def _recv_exact(conn: socket.socket, n: int) -> bytes:
+def _recv_exact(conn: socket.socket, n: int, deadline: Deadline) -> bytes:
     try:
-        return recv_exact(conn, n)
-    except EOFError as exc:
+        return deadline.recv_exact(conn, n)
+    except (EOFError, Expired) as exc:
         raise Refused(str(exc)) from None
 
 
-def read_request(conn: socket.socket, ns: str = "") -> tuple[str, dict[str, str], bytes]:
-    """One framed request, validated: (plugin, environment, stdin). Refused on anything odd."""
-    size = int.from_bytes(_recv_exact(conn, 4), "big")
+def read_request(conn: socket.socket, deadline: Deadline) -> tuple[str, dict[str, str], bytes, Deadline]:
+    """One framed request, validated: (plugin, environment, stdin, the client's deadline). Refused on
+    anything odd, or when the whole request has not arrived by `deadline`."""
+    size = int.from_bytes(_recv_exact(conn, 4, deadline), "big")
     if size == 0 or size > MAX_FRAME:
         raise Refused(f"bad frame length {size}")
     try:
-        req = json.loads(_recv_exact(conn, size).decode("utf-8"))
+        req = json.loads(_recv_exact(conn, size, deadline).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise Refused(f"request is not JSON: {exc}") from None
+    return decode_request(req)
+
+
+def decode_request(req: object) -> tuple[str, dict[str, str], bytes, Deadline]:
     if not isinstance(req, dict):
         raise Refused("request is not a JSON object")
     if req.get("proto") != PROTOCOL:
         raise Refused(f"protocol {req.get('proto')!r}, this daemon speaks {PROTOCOL}")
     if req.get("version") != __version__:
         raise Refused(f"pycni version {req.get('version')!r}, this daemon runs {__version__}")
-    if ns and req.get("ns") != ns:
-        raise Refused(f"the plugin runs in namespaces {req.get('ns')!r} (net:pid), this daemon in {ns}")
-    plugin, env, data = req.get("plugin"), req.get("env"), req.get("stdin")
-    if plugin not in cli.PLUGINS:
+    plugin, env, data, until = req.get("plugin"), req.get("env"), req.get("stdin"), req.get("deadline")
+    if not isinstance(plugin, str) or plugin not in cli.PLUGINS:  # (a dict is not even hashable: found by fuzzing)
         raise Refused(f"unknown plugin {plugin!r}")
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise Refused("env must be an object of strings")
     if not isinstance(data, str):
         raise Refused("stdin must be a base64 string")
+    if not isinstance(until, int) or isinstance(until, bool) or until < 0:
+        raise Refused("deadline must be a CLOCK_MONOTONIC time in milliseconds")
     try:
         stdin = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise Refused("stdin is not valid base64") from None
-    return plugin, env, stdin
+    return plugin, env, stdin, Deadline.from_ms(until)
 
 
 def _send(conn: socket.socket, answer: dict) -> None:
@@ -117,16 +117,21 @@ def _send(conn: socket.socket, answer: dict) -> None:
 
 
 class Server:
-    def __init__(self, path: str, workers: int = 32, grace: float = 30.0) -> None:
+    def __init__(self, path: str, workers: int = 32, grace: float = 30.0,
+                 allowed: tuple[str, ...] = (cni_path.DEFAULT,)) -> None:
         self.path = path
         self.grace = grace
-        self.slots = threading.BoundedSemaphore(workers)
+        self.allowed = allowed  # the CNI_PATH allowlist (cni_path.py)
+        self.slots = threading.BoundedSemaphore(workers)  # verbs running
+        self.max_connections = 4 * workers
+        self.connections = threading.BoundedSemaphore(self.max_connections)  # threads, reading or waiting too
         self.stopping = threading.Event()
         self.active = 0
         self.served = 0
         self.lock = threading.Lock()
+        self.reading: set[socket.socket] = set()  # connections whose request is still arriving
         self.sock: socket.socket | None = None
-        self.ns = namespaces()  # the daemon's network and PID namespaces (request threads return to them)
+        self.view = peer.own_view()  # what a peer must match (request threads return to these namespaces)
         self._inode: tuple[int, int] | None = None
         self.metrics = None  # pycni.metrics.Metrics when --metrics-address is given
         self.json_logs = False
@@ -193,7 +198,11 @@ class Server:
         self._refuse_backlog()
 
     def _spawn(self, conn: socket.socket) -> None:
-        self.slots.acquire()
+        if not self.connections.acquire(blocking=False):  # never block the accept loop
+            log.warning("refused a request: %d connections already open", self.max_connections)
+            _refuse(conn, "the daemon is busy")
+            conn.close()
+            return
         with self.lock:
             self.active += 1
         try:
@@ -226,49 +235,107 @@ class Server:
         with self.lock:
             self.active -= 1
             self.served += 1
-        self.slots.release()
+        self.connections.release()
+
+    def _read(self, conn: socket.socket) -> tuple[str, dict[str, str], bytes, Deadline]:
+        """Authorise the peer, then read its request - all of it within READ_TIMEOUT."""
+        peer.authorise(conn, self.view)
+        with self.lock:
+            self.reading.add(conn)
+        try:
+            if self.stopping.is_set():  # stop() may have run before we were listed
+                raise Refused("the daemon is stopping")
+            plugin, env, stdin, deadline = read_request(conn, Deadline.after(READ_TIMEOUT))
+        finally:
+            with self.lock:
+                self.reading.discard(conn)
+        if env.get("CNI_COMMAND") != "VERSION":  # every other verb may exec a delegate from CNI_PATH
+            cni_path.require_allowed(env.get("CNI_PATH", ""), self.allowed)
+        return plugin, env, stdin, deadline
+
+    def _slot(self, conn: socket.socket, deadline: Deadline) -> None:
+        """Wait for a free slot while the request is still wanted; Refused when it no longer is."""
+        while not self.slots.acquire(timeout=SLOT_POLL):
+            self._still_wanted(conn, deadline)
+        try:
+            self._still_wanted(conn, deadline)
+        except Refused:
+            self.slots.release()
+            raise
+
+    def _still_wanted(self, conn: socket.socket, deadline: Deadline) -> None:
+        if self.stopping.is_set():
+            raise Refused("the daemon is stopping")
+        if deadline.passed():
+            raise Refused("the client's deadline has passed")
+        if client_gone(conn):
+            raise Refused("the client is gone")
 
     def _handle(self, conn: socket.socket) -> None:
         try:
-            conn.settimeout(REQUEST_TIMEOUT)
             try:
-                uid = _peer_uid(conn)
-                if uid != 0:
-                    raise Refused(f"peer uid {uid} is not root")
-                plugin, env, stdin = read_request(conn, self.ns)
-                if self.stopping.is_set():
-                    raise Refused("the daemon is stopping")
+                plugin, env, stdin, deadline = self._read(conn)
+                self._slot(conn, deadline)
             except Refused as exc:
                 log.warning("refused a request: %s", exc)
-                _send(conn, {"refused": str(exc)})
-                _drain(conn)  # closing with unread input would reset the connection before the answer is read
+                _refuse(conn, str(exc))
                 return
             except (OSError, TimeoutError) as exc:
                 log.warning("could not read a request: %s", exc)
                 return
-            logs = io.StringIO()
-            start = time.perf_counter()
-            probe = self.metrics.begin(plugin, env, stdin) if self.metrics is not None else None
             try:
-                status, text = cli.run(plugin, env, stdin, stderr=logs)
-                if probe is not None:
-                    self.metrics.end(probe, status, text)  # before the thread's netlink sockets close
+                status, text, logs = self._run(plugin, env, stdin)
+                conn.settimeout(ACK_TIMEOUT)  # a client that is there reads its answer at once
+                try:
+                    _send(conn, {"status": status, "stdout": text, "stderr": logs})
+                    delivered = True
+                except OSError:
+                    delivered = False
+                if status == 0 and env.get("CNI_COMMAND") == "ADD" and not (delivered and acknowledged(conn)):
+                    self._undo_add(plugin, env, stdin)
             finally:
-                _close_thread_sockets()
-            ms = (time.perf_counter() - start) * 1000
-            log.info("%s %s %s/%s: exit %d in %.1f ms", plugin, env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID", "-"),
-                     env.get("CNI_IFNAME", "-"), status, ms,
-                     extra=_log_fields(env, stdin, status, text, ms) if self.json_logs else None)
-            conn.settimeout(REQUEST_TIMEOUT)
-            _send(conn, {"status": status, "stdout": text, "stderr": logs.getvalue()})
+                self.slots.release()
         except Exception as exc:  # noqa: BLE001 - a request never takes the daemon down
             log.error("request failed: %s: %s", type(exc).__name__, exc)
         finally:
             conn.close()
             self._done()
 
+    def _run(self, plugin: str, env: dict[str, str], stdin: bytes) -> tuple[int, str, str]:
+        logs = io.StringIO()
+        start = time.perf_counter()
+        probe = self.metrics.begin(plugin, env, stdin) if self.metrics is not None else None
+        try:
+            status, text = cli.run(plugin, env, stdin, stderr=logs)
+            if probe is not None:
+                self.metrics.end(probe, status, text)  # before the thread's netlink sockets close
+        finally:
+            _close_thread_sockets()
+        ms = (time.perf_counter() - start) * 1000
+        log.info("%s %s %s/%s: exit %d in %.1f ms", plugin, env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID", "-"),
+                 env.get("CNI_IFNAME", "-"), status, ms,
+                 extra=_log_fields(env, stdin, status, text, ms) if self.json_logs else None)
+        return status, text, logs.getvalue()
+
+    def _undo_add(self, plugin: str, env: dict[str, str], stdin: bytes) -> None:
+        """The client of this ADD gave up or died before it had the answer: its runtime believes the
+        attachment failed (and may already have run its DEL), so nothing of it may stay."""
+        log.warning("%s ADD %s/%s: the client did not take the answer; undoing it", plugin,
+                    env.get("CNI_CONTAINERID", "-"), env.get("CNI_IFNAME", "-"))
+        status, text, _ = self._run(plugin, dict(env, CNI_COMMAND="DEL"), stdin)
+        if status != 0:
+            log.error("undoing the ADD failed: %s", text)
+
     def stop(self) -> None:
+        """Stop serving: refuse what is still being read (a trickling client must not delay the exit)."""
         self.stopping.set()
+        with self.lock:
+            reading = list(self.reading)
+        for conn in reading:
+            try:
+                conn.shutdown(socket.SHUT_RD)  # its recv() returns at once; the thread refuses it
+            except OSError:
+                pass
 
     def drain(self) -> None:
         deadline = time.monotonic() + self.grace
@@ -278,6 +345,15 @@ class Server:
                     return
             time.sleep(0.02)
         log.warning("stopping with %d request(s) still running", self.active)
+
+
+def _refuse(conn: socket.socket, why: str) -> None:
+    try:
+        conn.settimeout(1.0)
+        _send(conn, {"refused": why})
+    except OSError:
+        return
+    _drain(conn)  # closing with unread input would reset the connection before the answer is read
 
 
 def _drain(conn: socket.socket) -> None:
@@ -322,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"unix socket to listen on (default ${SOCKET_ENV} or {DEFAULT_SOCKET})")
     parser.add_argument("--workers", type=int, default=32, help="requests served at the same time")
     parser.add_argument("--grace", type=float, default=30.0, help="seconds to let requests finish on SIGTERM")
+    parser.add_argument("--cni-path", default=os.environ.get("CNI_PATH") or cni_path.DEFAULT,
+                        help="the only directories delegated plugins are exec'd from (default $CNI_PATH or "
+                             f"{cni_path.DEFAULT}); a request naming others is refused (docs/security.md)")
     parser.add_argument("--log-level", default=os.environ.get("PYCNI_LOG_LEVEL", "INFO"))
     logfmt.add_argument(parser)
     from .. import metrics
@@ -332,10 +411,19 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("pycni daemon: must run as root", file=sys.stderr)
         return 1
+    try:
+        allowed = cni_path.parse(args.cni_path)
+    except ValueError as exc:
+        print(f"pycni daemon: --cni-path: {exc}", file=sys.stderr)
+        return 1
+    problems = cni_path.unsafe(allowed)
+    if problems:
+        print(f"pycni daemon: --cni-path: {'; '.join(problems)}", file=sys.stderr)
+        return 1
     os.umask(0o022)
     sys.stdout = sys.stderr  # a stray print in a verb must not go anywhere near a client
     preload()
-    server = Server(os.path.abspath(args.socket), workers=max(1, args.workers), grace=args.grace)
+    server = Server(os.path.abspath(args.socket), workers=max(1, args.workers), grace=args.grace, allowed=allowed)
     server.bind()
     server.json_logs = args.log_format == "json"
     try:

@@ -5,7 +5,8 @@
  * stdin) to the pycni daemon over its unix socket and print the answer - but starts in ~1 ms
  * instead of the ~8 ms a Python interpreter needs before it can run a line: on the warm path that
  * start is most of the cost of a verb. Whenever the daemon is not there, refuses the request
- * (another pycni version, a non-root caller, a request it cannot read) or the handoff is disabled
+ * (another pycni version, a caller it does not serve - docs/security.md -, a request it cannot read,
+ * a client deadline already passed) or the handoff is disabled
  * (PYCNI_NO_DAEMON, PYCNI_FAULT, a "pycniDaemon" key in the configuration), it execs the Python
  * plugin standalone with the same stdin, environment and arguments, so results never differ.
  * Protocol: see pycni/daemon/__init__.py.
@@ -24,6 +25,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef PYCNI_PYTHON
@@ -35,7 +37,7 @@
 #define DEFAULT_SOCKET "/run/pycni/pycni.sock"
 #define MAX_STDIN (1 << 20)
 #define MAX_FRAME (4 << 20)
-#define PROTOCOL 1
+#define PROTOCOL 2
 
 extern char **environ;
 
@@ -228,15 +230,18 @@ int main(int argc, char **argv) {
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) { close(fd); standalone(in.p, in.n); }
 
-    struct stat netns, pidns;  /* served only by a daemon in the same network and PID namespaces */
-    if (stat("/proc/thread-self/ns/net", &netns) != 0 || stat("/proc/thread-self/ns/pid", &pidns) != 0) {
-        close(fd);
-        standalone(in.p, in.n);
-    }
+    /* The daemon runs nothing after this deadline (CLOCK_MONOTONIC; it serves only callers in its own
+     * namespaces - read from the kernel, not from us) and undoes an ADD whose answer we do not ACK. */
+    double timeout = 120.0;
+    const char *t = getenv("PYCNI_DAEMON_TIMEOUT");
+    if (t && atof(t) > 0 && atof(t) <= 86400) timeout = atof(t);
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long long deadline_ms = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000 + (long long)(timeout * 1000);
     struct buf req = {0};
     char head[512];
-    snprintf(head, sizeof head, "{\"proto\":%d,\"version\":\"%s\",\"plugin\":\"%s\",\"ns\":\"%lu:%lu\",\"env\":{",
-             PROTOCOL, PYCNI_VERSION, plugin, (unsigned long)netns.st_ino, (unsigned long)pidns.st_ino);
+    snprintf(head, sizeof head, "{\"proto\":%d,\"version\":\"%s\",\"plugin\":\"%s\",\"deadline\":%lld,\"env\":{",
+             PROTOCOL, PYCNI_VERSION, plugin, deadline_ms);
     puts_(&req, head);
     int first = 1;
     for (char **e = environ; *e; e++) {
@@ -252,9 +257,6 @@ int main(int argc, char **argv) {
     put_base64(&req, (const unsigned char *)in.p, in.n);
     puts_(&req, "}");
 
-    double timeout = 120.0;
-    const char *t = getenv("PYCNI_DAEMON_TIMEOUT");
-    if (t && atof(t) > 0) timeout = atof(t);
     tv.tv_sec = (time_t)timeout; tv.tv_usec = (suseconds_t)((timeout - (double)tv.tv_sec) * 1e6);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -285,7 +287,6 @@ int main(int argc, char **argv) {
             got += (size_t)r;
         }
     }
-    close(fd);
 
     long status = -1;
     struct buf out = {0}, err = {0}, key = {0}, junk = {0};
@@ -318,6 +319,8 @@ int main(int argc, char **argv) {
         standalone(in.p, in.n);
     }
     if (status < 0) try_again("the pycni daemon answered garbage", "no status");
+    send(fd, "\x06", 1, MSG_NOSIGNAL);  /* ACK: we have the answer and use it (an unacknowledged ADD is undone) */
+    close(fd);
     if (err.n) fwrite(err.p, 1, err.n, stderr);
     if (out.n) { fwrite(out.p, 1, out.n, stdout); fputc('\n', stdout); }
     fflush(stdout);

@@ -149,6 +149,7 @@ def collect_garbage(store: Store, valid: set[tuple[str, str]]) -> list[IPAddress
     and unreadable files have no owner that could be valid, so they go too."""
     valid_ids = {cid for cid, _ in valid}
     released = []
+    errors: list[CNIError] = []
     for lease in store.leases():
         if lease.container_id is None:
             keep = False
@@ -157,6 +158,12 @@ def collect_garbage(store: Store, valid: set[tuple[str, str]]) -> list[IPAddress
         else:
             keep = (lease.container_id, lease.ifname) in valid
         if not keep:
-            store.release(lease.ip)
+            try:
+                store.release(lease.ip)
+            except CNIError as err:  # one lease that cannot be removed must not keep the others
+                errors.append(err)
+                continue
             released.append(lease.ip)
+    if errors:
+        raise errors[0]
     return released

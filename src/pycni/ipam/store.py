@@ -23,6 +23,7 @@ import fcntl
 import ipaddress
 import os
 import stat
+import threading
 from dataclasses import dataclass
 
 from .. import faults
@@ -71,8 +72,17 @@ def _parse_ip(name: str) -> IPAddress | None:
 # queues an event during the system call that causes it. A full rescan happens when the queue
 # overflowed, the watch went away or the directory was replaced. Without inotify (watch limits), a
 # cache keyed by each file's (inode, size, mtime, ctime) is used: one fstatat per lease.
+#
+# Kernel resources are bounded: ONE inotify instance for the whole process (root's limit of 128
+# instances is shared with containerd, the kubelet and systemd), at most MAX_WATCHES directories watched
+# (the least recently used one gives its watch back), and a watch whose directory is removed is
+# released by the kernel (IN_IGNORED) and forgotten here at the next event read.
+MAX_WATCHES = 64
 _cache_enabled = False
-_watches: dict[str, _Watch] = {}
+_lock = threading.Lock()  # the daemon's request threads share the instance and the views below
+_inotify_fd: int | None = None
+_watches: dict[str, _Watch] = {}  # network directory -> its watch, least recent first
+_by_wd: dict[int, _Watch] = {}
 # network directory -> lease file name -> ((inode, size, mtime_ns, ctime_ns), Lease): the fallback cache.
 _seen: dict[str, dict[str, tuple[tuple[int, int, int, int], Lease]]] = {}
 
@@ -84,52 +94,91 @@ def enable_cache() -> None:
 
 
 class _Watch:
-    """inotify on one network directory, and the names it holds (None for non-lease names)."""
+    """The inotify watch on one network directory, and the names it holds (None for non-lease names).
+    Only touched with _lock held."""
 
     MASK = 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800  # modify..move_self
-    RESCAN = 0x400 | 0x800 | 0x2000 | 0x4000 | 0x8000  # delete/move self, unmount, overflow, ignored
+    GONE = 0x400 | 0x800 | 0x2000 | 0x8000  # delete/move self, unmount, ignored (the watch is removed)
+    OVERFLOW = 0x4000
+    ONLYDIR = 0x01000000
     _libc = None
 
-    def __init__(self, dir_fd: int) -> None:
+    def __init__(self, path: str, dir_fd: int) -> None:
         import ctypes
 
         if _Watch._libc is None:
             _Watch._libc = ctypes.CDLL(None, use_errno=True)
+        fd = _instance()
+        self.path = path
         self.ino = os.fstat(dir_fd).st_ino
-        self.fd = _Watch._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1")
-        wd = _Watch._libc.inotify_add_watch(self.fd, f"/proc/self/fd/{dir_fd}".encode(), self.MASK | 0x01000000)
-        if wd < 0:
+        self.wd = _Watch._libc.inotify_add_watch(fd, f"/proc/self/fd/{dir_fd}".encode(), self.MASK | self.ONLYDIR)
+        if self.wd < 0:
             err = ctypes.get_errno()
-            os.close(self.fd)
             raise OSError(err, "inotify_add_watch")
         self.names: dict[str, Lease | None] | None = None  # None: scan the directory
         self.dirty: set[str] = set()
         self.dead = False
 
-    def sync(self) -> None:
-        """Take in the queued events: names to read again, or a rescan."""
-        import struct
-
-        while True:
-            try:
-                data = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
-                return
-            pos = 0
-            while pos + 16 <= len(data):
-                _wd, mask, _cookie, size = struct.unpack_from("iIII", data, pos)
-                name = data[pos + 16 : pos + 16 + size].rstrip(b"\0").decode(errors="surrogateescape")
-                pos += 16 + size
-                if mask & self.RESCAN:
-                    self.names = None
-                    self.dead = self.dead or bool(mask & (0x400 | 0x800 | 0x2000 | 0x8000))
-                elif name:
-                    self.dirty.add(name)
-
     def close(self) -> None:
-        os.close(self.fd)
+        """Give the watch back (the kernel then queues IN_IGNORED for a wd nobody maps any more)."""
+        _forget(self)
+        if not self.dead and _inotify_fd is not None:
+            _Watch._libc.inotify_rm_watch(_inotify_fd, self.wd)  # type: ignore[union-attr]
+        self.dead = True
+
+
+def _instance() -> int:
+    global _inotify_fd
+    if _inotify_fd is None:
+        import ctypes
+
+        libc = _Watch._libc or ctypes.CDLL(None, use_errno=True)
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        _inotify_fd = fd
+    return _inotify_fd
+
+
+def _forget(watch: _Watch) -> None:
+    if _watches.get(watch.path) is watch:
+        del _watches[watch.path]
+    if _by_wd.get(watch.wd) is watch:
+        del _by_wd[watch.wd]
+
+
+def _pump() -> None:
+    """Take in every queued event of every watched directory (with _lock held)."""
+    import struct
+
+    if _inotify_fd is None:
+        return
+    while True:
+        try:
+            data = os.read(_inotify_fd, 1 << 16)
+        except BlockingIOError:
+            return
+        pos = 0
+        while pos + 16 <= len(data):
+            wd, mask, _cookie, size = struct.unpack_from("iIII", data, pos)
+            name = data[pos + 16 : pos + 16 + size].rstrip(b"\0").decode(errors="surrogateescape")
+            pos += 16 + size
+            if mask & _Watch.OVERFLOW:  # events were lost, for any directory: rescan them all
+                for watch in _watches.values():
+                    watch.names = None
+                continue
+            watch = _by_wd.get(wd)
+            if watch is None:
+                continue  # a watch we gave back
+            if mask & _Watch.GONE:
+                watch.names = None
+                if mask & 0x8000:  # IN_IGNORED: the kernel removed the watch (directory deleted...)
+                    watch.dead = True
+                    _forget(watch)
+                elif mask & (0x400 | 0x800 | 0x2000):
+                    watch.dead = True
+            elif name:
+                watch.dirty.add(name)
 
 
 class DiskStore:
@@ -203,59 +252,67 @@ class DiskStore:
 
     def _watched(self) -> _Watch | None:
         """This directory's watch, up to date (a new one if it died or the directory was replaced)."""
-        watch = _watches.get(self.path)
-        if watch is not None and (watch.dead or watch.ino != os.fstat(self.dir_fd).st_ino):
-            watch.close()
-            del _watches[self.path]
-            watch = None
-        if watch is None:
-            try:
-                watch = _watches[self.path] = _Watch(self.dir_fd)
-            except OSError:
-                return None  # no inotify here: the stat cache of leases() does the job
-        watch.sync()
-        if watch.dead:
-            watch.close()
-            del _watches[self.path]
-            return None
-        return watch
+        ino = os.fstat(self.dir_fd).st_ino
+        with _lock:
+            _pump()
+            watch = _watches.get(self.path)
+            if watch is not None and (watch.dead or watch.ino != ino):
+                watch.close()
+                watch = None
+            if watch is None:
+                while len(_watches) >= MAX_WATCHES:
+                    next(iter(_watches.values())).close()  # the least recently used directory
+                try:
+                    watch = _Watch(self.path, self.dir_fd)
+                except OSError:
+                    return None  # no inotify here: the stat cache of leases() does the job
+                stale = _by_wd.get(watch.wd)  # the same directory under another path: one view only
+                if stale is not None:
+                    _forget(stale)
+                    stale.dead = True
+                _watches[self.path] = _by_wd[watch.wd] = watch
+            _watches[self.path] = _watches.pop(self.path)  # most recently used last
+            return watch
 
     def _names(self) -> dict[str, Lease | None]:
-        """The directory's names, read again only where events said so (the caller holds the lock)."""
+        """The directory's names, read again only where events said so (the caller holds the flock)."""
         watch = self._watch
         assert watch is not None
-        watch.sync()
-        names = watch.names
-        if names is None:
+        with _lock:
+            _pump()
+            names = watch.names
+            if names is None:
+                watch.dirty.clear()
+                names = {}
+                for entry in os.scandir(self.dir_fd):
+                    ip = _parse_ip(entry.name)
+                    names[entry.name] = self._lease(ip, entry.name) if ip is not None else None
+                watch.names = names
+                return names
+            for name in watch.dirty:
+                try:
+                    os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    names.pop(name, None)
+                    continue
+                except OSError:
+                    pass  # exists but cannot be looked at: _lease records it as unreadable
+                ip = _parse_ip(name)
+                names[name] = self._lease(ip, name) if ip is not None else None
             watch.dirty.clear()
-            names = {}
-            for entry in os.scandir(self.dir_fd):
-                ip = _parse_ip(entry.name)
-                names[entry.name] = self._lease(ip, entry.name) if ip is not None else None
-            watch.names = names
             return names
-        for name in watch.dirty:
-            try:
-                os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                names.pop(name, None)
-                continue
-            except OSError:
-                pass  # exists but cannot be looked at: _lease records it as unreadable
-            ip = _parse_ip(name)
-            names[name] = self._lease(ip, name) if ip is not None else None
-        watch.dirty.clear()
-        return names
 
     def _sweep_temporaries(self) -> None:
-        """Temporary files seen while we hold the lock belong to writers that died: remove them."""
-        if self._watch is not None:
-            for name in [n for n in self._names() if n.startswith(TMP_PREFIX)]:
-                self._unlink(name)
-            return
-        for entry in os.scandir(self.dir_fd):
-            if entry.name.startswith(TMP_PREFIX):
-                self._unlink(entry.name)
+        """Temporary files seen while we hold the lock belong to writers that died: remove them.
+
+        Best effort: a name we cannot remove (a directory someone made with our prefix, an immutable
+        file) is not ours and must not stop the verb - every writer uses a fresh temporary name."""
+        names = self._names() if self._watch is not None else [e.name for e in os.scandir(self.dir_fd)]
+        for name in [n for n in names if n.startswith(TMP_PREFIX)]:
+            try:
+                os.unlink(name, dir_fd=self.dir_fd)
+            except OSError:
+                pass  # FileNotFoundError: gone already; EISDIR, EPERM...: not one of our temporaries
 
     # -- reading ------------------------------------------------------------------------------------------
 
@@ -284,7 +341,9 @@ class DiskStore:
                 ip = _parse_ip(entry.name)
                 if ip is None:
                     continue  # lock, last_reserved_ip.N, temporaries
-                out.append(self._lease(ip, entry.name))
+                lease = self._lease(ip, entry.name)
+                if lease is not None:
+                    out.append(lease)
             return out
         # Fallback cache: a lease file is written once and then only removed, so what was read is
         # reused while the file's inode, size, mtime and ctime are unchanged (one fstatat per lease).
@@ -303,16 +362,31 @@ class DiskStore:
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
-                out.append(self._lease(ip, name))
+                lease = self._lease(ip, name)
+                if lease is not None:
+                    out.append(lease)
                 continue
             key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             lease = hit[1] if hit is not None and hit[0] == key else self._lease(ip, name)
+            if lease is None:
+                continue
             fresh[name] = (key, lease)
             out.append(lease)
-        _seen[self.path] = fresh  # what was released is forgotten
+        with _lock:
+            _seen.pop(self.path, None)
+            _seen[self.path] = fresh  # what was released is forgotten; most recent last
+            while len(_seen) > MAX_WATCHES:
+                del _seen[next(iter(_seen))]
         return out
 
-    def _lease(self, ip: IPAddress, name: str) -> Lease:
+    def _lease(self, ip: IPAddress, name: str) -> Lease | None:
+        """The lease file `name`, parsed; None when the name is a directory: not a lease at all (the
+        reference's disk store skips directories too), and nothing a verb may remove."""
+        try:
+            if stat.S_ISDIR(os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False).st_mode):
+                return None
+        except OSError:
+            pass  # gone or unreadable: _read decides
         data = self._read(name)
         if data is None or len(data) > MAX_LEASE_BYTES:
             return Lease(ip, None, None)

@@ -144,7 +144,10 @@ def read_environment(environ: dict[str, str] | None = None) -> Environment:
         validate_container_id(result.container_id)
         validate_ifname(result.ifname)
     # Only the verbs that use CNI_NETNS check it: libcni's VERSION probe (podman runs it for every
-    # plugin of a conflist) sends CNI_NETNS=dummy, CNI_IFNAME=dummy, CNI_PATH=dummy.
-    if result.netns and command in ("ADD", "CHECK", "DEL"):
+    # plugin of a conflist) sends CNI_NETNS=dummy, CNI_IFNAME=dummy, CNI_PATH=dummy. DEL does not use
+    # it either (SPEC.md "DEL": CNI_NETNS is optional; the host veth and the leases are found by
+    # container ID and ifname), so a DEL with a relative or garbage CNI_NETNS still releases
+    # everything - as the Go bridge, which releases the lease before it looks at the namespace.
+    if result.netns and command in ("ADD", "CHECK"):
         validate_netns(result.netns)
     return result

@@ -14,6 +14,9 @@ INVALID_ENV = 4
 IO_FAILURE = 5
 DECODE_FAILURE = 6
 INVALID_CONFIG = 7
+# Not in SPEC.md's table but libcni's (pkg/types: ErrInvalidNetNS = 8), returned by the Go skel when
+# CNI_NETNS is the plugin's own network namespace (pkg/skel/skel.go, ns.CheckNetNS).
+INVALID_NETNS = 8
 TRY_AGAIN_LATER = 11
 # SPEC.md "STATUS": 50 = the plugin is not available, 51 = existing containers may be degraded.
 STATUS_NOT_AVAILABLE = 50
