@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages pycni's build, tests and demo need (idempotent; quick when present).
 #   containernetworking-plugins  the reference Go plugins (differential and interop tests, loopback/portmap)
-#   golang-go, golang-github-appc-cni-dev  build the libcni driver (integration/cnitool)
+#   (Go is not a Debian package here: cnitool, our libcni driver and the current reference plugins are
+#    built by `make build` from integration/cni/go.mod with the Go in /usr/local/go)
 #   iproute2, util-linux          network namespaces, nsenter
 #   nftables, iptables            masquerade backends
 #   iputils-ping                  connectivity checks
@@ -12,7 +13,7 @@
 #   docker.io                     integration/kindlab: dockerd (started by the harness inside a node
 #                                 namespace, never as a service) runs the kind-style node containers
 set -euo pipefail
-PKGS=(make ca-certificates python3-venv containernetworking-plugins golang-go golang-github-appc-cni-dev
+PKGS=(make ca-certificates python3-venv containernetworking-plugins
       iproute2 util-linux nftables iptables iputils-ping procps
       busybox-static containerd runc podman conmon docker.io)
 missing=()
