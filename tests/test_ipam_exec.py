@@ -411,12 +411,14 @@ def test_gc_keeps_listed_and_releases_others(tmp_path, key):
     assert after["last_reserved_ip.0"] == before["last_reserved_ip.0"] == b"10.1.0.5"
 
 
-def test_gc_prefers_valid_attachments_over_the_old_key(tmp_path):
+def test_gc_with_both_keys_disagreeing_is_refused(tmp_path):
+    """docs/gc.md: libcni sends one list under both keys; two different lists are refused (7) untouched."""
     conf = _gc_store(tmp_path)
+    before = store(tmp_path)
     conf["cni.dev/valid-attachments"] = [{"containerID": "c2", "ifname": "eth0"}]
     conf["cni.dev/attachments"] = [{"containerID": "c1", "ifname": "eth0"}]
-    ok(run("GC", conf, container_id=None, ifname=None), empty=True)
-    assert leases(tmp_path) == {"10.1.0.4": b"c2\r\neth0"}
+    err(run("GC", conf, container_id=None, ifname=None), 7, "1.1.0")
+    assert store(tmp_path) == before
 
 
 def test_gc_with_empty_list_releases_everything(tmp_path):
@@ -426,11 +428,12 @@ def test_gc_with_empty_list_releases_everything(tmp_path):
     assert {"lock", "last_reserved_ip.0"} <= set(store(tmp_path))
 
 
-def test_gc_without_list_is_refused(tmp_path):
+def test_gc_without_list_releases_everything(tmp_path):
+    """docs/gc.md: libcni sends no list after DELing every cached attachment (cnitool gc): none is valid."""
     conf = _gc_store(tmp_path)
-    before = store(tmp_path)
-    err(run("GC", conf, container_id=None, ifname=None), 7, "1.1.0")
-    assert store(tmp_path) == before
+    ok(run("GC", conf, container_id=None, ifname=None), empty=True)
+    assert leases(tmp_path) == {}
+    assert {"lock", "last_reserved_ip.0"} <= set(store(tmp_path))
 
 
 def test_gc_without_store_creates_nothing(tmp_path):

@@ -19,7 +19,8 @@
 //	pycni-cnitool add|check|del <network-name> <netns-path>
 //	pycni-cnitool status <network-name>                       (libcni GetStatusNetworkList)
 //	pycni-cnitool gc <network-name>                           (GCNetworkList, no GCArgs: as cnitool gc)
-//	pycni-cnitool gc <network-name> --valid [<cid>/<ifname> ...]   (GCNetworkList with that list)
+//	pycni-cnitool gc <network-name> --valid [<cid>/<ifname> ...]   (GCNetworkList with that list;
+//	                                                              none: a nil list, sent as null)
 //	pycni-cnitool version <plugin-type>
 //
 // Environment: NETCONFPATH, CNI_PATH, CNI_ARGS, CAP_ARGS, CNI_IFNAME as cnitool, plus CNI_CONTAINERID
@@ -73,8 +74,9 @@ func parseArgs(s string) ([][2]string, error) {
 	return out, nil
 }
 
-// gcArgs reads `--valid [<cid>/<ifname> ...]`: nil without --valid (libcni then sends no list),
-// else the list, empty included (libcni then sends [] under both keys).
+// gcArgs reads `--valid [<cid>/<ifname> ...]`: nil without --valid (libcni then sends no list), else
+// the list - built the way a Go runtime builds one, by appending to a nil slice, so that `--valid`
+// alone is a nil list, which libcni sends as null under both keys.
 func gcArgs(words []string) (*libcni.GCArgs, error) {
 	if len(words) == 0 {
 		return nil, nil
@@ -82,7 +84,7 @@ func gcArgs(words []string) (*libcni.GCArgs, error) {
 	if words[0] != "--valid" {
 		return nil, fmt.Errorf("unexpected argument %q", words[0])
 	}
-	valid := make([]types.GCAttachment, 0, len(words)-1)
+	var valid []types.GCAttachment
 	for _, w := range words[1:] {
 		cid, ifname, ok := strings.Cut(w, "/")
 		if !ok || cid == "" || ifname == "" {
