@@ -89,12 +89,14 @@ def expected_dual(version: str) -> dict:
     v6 = {"address": "fd00:1::2/64", "gateway": "fd00:1::1"}
     if version < "1.0.0":  # SPEC 0.3.x/0.4.0: ips[].version is required; 1.0.0 dropped it
         v4, v6 = {"version": "4", **v4}, {"version": "6", **v6}
-    return {
+    out = {
         "cniVersion": version,
         "ips": [v4, v6],
         "routes": [{"dst": "0.0.0.0/0", "gw": "10.1.0.1"}, {"dst": "::/0"}],
-        "dns": {},
     }
+    if version < "1.0.0":  # an empty dns: printed by 0.3.x/0.4.0, left out by 1.0.0+ (libcni 1.3's types)
+        out["dns"] = {}
+    return out
 
 
 # -- every verb in every version ---------------------------------------------------------------------------
