@@ -52,7 +52,8 @@ class Cluster:
         return ["nsenter", f"--net=/var/run/netns/{ns}", "--", sys.executable, "-m", "pycni.agent",
                 "--node-name", node, "--nodes-file", str(self.nodes_file), "--cni-bin-dir", str(bin_dir),
                 "--cni-conf-dir", str(conf_dir), "--cluster-cidr", CLUSTER,
-                "--ipam-data-dir", str(self.tmp / node / "ipam"), *extra]
+                "--ipam-data-dir", str(self.tmp / node / "ipam"), "--state-file", str(self.tmp / node / "agent.json"),
+                *extra]
 
     def once(self, node: str, *extra: str) -> dict:
         proc = subprocess.run(self.agent_argv(node, "--once", *extra), capture_output=True, text=True, timeout=60, check=False)
@@ -243,7 +244,8 @@ def test_kube_mode_follows_the_api_and_stops_during_a_watch(cluster):
         env = {"PATH": os.environ["PATH"], "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": port}
         argv = ["nsenter", f"--net=/var/run/netns/{cluster.n1}", "--", sys.executable, "-m", "pycni.agent",
                 "--node-name", "n1", "--kube", "--kube-sa-dir", str(sa), "--cni-bin-dir", str(bin_dir),
-                "--cni-conf-dir", str(conf_dir), "--cluster-cidr", CLUSTER, "--ipam-data-dir", str(cluster.tmp / "ipam")]
+                "--cni-conf-dir", str(conf_dir), "--cluster-cidr", CLUSTER, "--ipam-data-dir", str(cluster.tmp / "ipam"),
+                "--state-file", str(cluster.tmp / "agent-kube.json")]
         once = subprocess.run([*argv, "--once"], env=env, capture_output=True, text=True, timeout=60, check=False)
         assert once.returncode == 0, once.stdout + once.stderr
         assert cluster.routes(cluster.n1) == ["10.246.2.0/24 via 172.31.250.2 dev e1"]

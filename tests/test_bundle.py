@@ -149,7 +149,8 @@ def test_bundle_layout_and_buildinfo(rootfs):
                 "install.sh", "BUILDINFO"):
         assert (d / rel).exists(), rel
     info = (d / "BUILDINFO").read_text()
-    for dist in ("pydantic==", "pydantic_core==", "pyroute2==", "typing_extensions==", "annotated-types=="):
+    for dist in ("pydantic==", "pydantic_core==", "pyroute2==", "typing_extensions==", "annotated-types==",
+                 "prometheus_client=="):
         assert dist in info
     # every module precompiled: unchecked-hash .pyc (flags word == 0b01), never rewritten on the node
     pyc = d / "lib/python3.11/site-packages/pycni/__pycache__/cli.cpython-311.pyc"
@@ -208,7 +209,7 @@ def test_bundle_on_host_uses_only_its_own_libraries():
     """Run outside any chroot, with a hostile LD_LIBRARY_PATH: no library of the host gets mapped."""
     if not (BUNDLE_DIR / SUPPORT).is_dir():
         pytest.skip("build/bundle missing")
-    code = ("import pyroute2, pydantic, ctypes, ssl, sqlite3, hashlib, lzma, bz2, uuid, decimal, pycni.cli\n"
+    code = ("import pyroute2, pydantic, ctypes, ssl, sqlite3, hashlib, lzma, bz2, uuid, decimal, pycni.cli, pycni.metrics\n"
             "print('\\n'.join(sorted({l.split()[-1] for l in open('/proc/self/maps') if '.so' in l})))")
     proc = subprocess.run([str(BUNDLE_DIR / SUPPORT / "bin/python3"), "-I", "-c", code], check=False,
                           capture_output=True,
@@ -315,3 +316,15 @@ def test_bridge_add_check_del_in_chroot(rootfs, netns, tmp_path):
         for target in reversed(mounted):
             _umount(target)
         ns_file.unlink(missing_ok=True)
+
+
+def test_inspection_commands_run_from_the_bundle(rootfs, node):
+    """`pycni leases` / `pycni status` on a node without Python (README "Operating pycni")."""
+    doc = _doc(chroot_run(rootfs, "/opt/cni/bin/pycni", None, node=node,
+                          argv=["leases", "--data-dir", "/nonexistent", "--json"]))
+    assert doc == {"leases": []}
+    proc = chroot_run(rootfs, "/opt/cni/bin/pycni", None, node=node,
+                      argv=["status", "--conf-dir", "/nonexistent", "--socket", "/nonexistent.sock", "--json"])
+    assert proc.returncode == 1, proc.stderr  # no daemon: reported as a problem
+    doc = json.loads(proc.stdout)
+    assert doc["daemon"]["running"] is False and doc["networks"] == []

@@ -25,12 +25,13 @@ pytestmark = needs_root
 
 
 class Daemon:
-    def __init__(self, node: str, sock: Path, log: Path) -> None:
+    def __init__(self, node: str, sock: Path, log: Path, extra: list[str] | None = None) -> None:
         self.node, self.sock, self.log = node, sock, log
         sock.parent.mkdir(mode=0o700, exist_ok=True)
         self.err = open(log, "wb")  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(
-            ["nsenter", f"--net={ns_path(node)}", "--", str(VENV_BIN / "pycni"), "daemon", "--socket", str(sock)],
+            ["nsenter", f"--net={ns_path(node)}", "--", str(VENV_BIN / "pycni"), "daemon", "--socket", str(sock),
+             *(extra or [])],
             stdout=subprocess.PIPE, stderr=self.err, stdin=subprocess.DEVNULL)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()

@@ -60,7 +60,13 @@ def test_daemonset_manifest():
     vols = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
     assert all(m["mountPath"] == vols[m["name"]] for m in daemon["volumeMounts"])  # the node's own paths
     assert {vols[n]: mounts[n] for n in mounts} == {"/opt/cni/bin": "/host/opt/cni/bin",
-                                                    "/etc/cni/net.d": "/host/etc/cni/net.d"}
+                                                    "/etc/cni/net.d": "/host/etc/cni/net.d",
+                                                    "/run/pycni": "/run/pycni"}  # agent.json for `pycni status`
+    # metrics (README "Operating pycni"): on in the DaemonSet, on the documented port
+    assert daemon["command"][daemon["command"].index("--metrics-address") + 1] == ":9472"
+    assert daemon["ports"] == [{"name": "metrics", "containerPort": 9472, "protocol": "TCP"}]
+    assert ds["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9472"
+    assert "/etc/cni/net.d" in dmounts  # the pools the metrics report
     assert c["image"] == "pycni/agent:dev"  # run-e2e.sh substitutes exactly this string
     assert "image: pycni/agent:dev" in (KIND / "pycni-daemonset.yaml").read_text()
 

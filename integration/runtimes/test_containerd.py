@@ -13,6 +13,8 @@ import ipaddress
 import itertools
 import json
 import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -209,6 +211,53 @@ def test_parallel_pods_get_distinct_addresses(ctd, pods):
         pods.remove(pod)
         ctd.removed_ids.append(pod.id)
         assert not (ctd.data_dir / NETWORK / pod.ip).exists(), f"lease of {pod.name} ({pod.ip}) left"
+
+
+def _pycni_cmd(ctd, *args: str) -> dict:
+    """`pycni <args> --json` from the dev venv (it has the CRI client packages) in the node namespace."""
+    exe = Path(sys.executable).with_name("pycni")
+    proc = ctd.node.run(str(exe), *args, "--json", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_pycni_gc_from_cri_removes_only_what_containerd_no_longer_knows(ctd, pods):
+    """`pycni gc --dry-run --valid-from-cri` takes the valid list from containerd's ListPodSandbox: an
+    attachment containerd does not know (an ADD made behind its back, as a crashed runtime leaves
+    one) is listed, the live pods are not, and nothing changes; `pycni gc` then removes exactly it."""
+    if ctd.session.plugin != "pycni":
+        pytest.skip("`pycni gc` works on pycni networks; this run drives the reference plugins")
+    conflist = json.loads((ctd.dir / "net.d" / "10-pycni.conflist").read_text())
+    plugin = dict(conflist["plugins"][0], cniVersion=conflist["cniVersion"], name=conflist["name"])
+    leak = ctd.session.new_node("pycnirt-leak")
+    leaked_id = "leaked-" + leak.name
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": leaked_id, "CNI_NETNS": leak.path, "CNI_IFNAME": "eth0",
+           "CNI_PATH": str(ctd.session.bin_dir), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYCNI_NO_DAEMON": "1"}
+    add = subprocess.run(ctd.node.argv(str(ctd.session.bin_dir / "pycni")), input=json.dumps(plugin), env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert add.returncode == 0, add.stdout + add.stderr
+    leaked_ip = json.loads(add.stdout)["ips"][0]["address"].split("/")[0]
+    try:
+        common = ["--valid-from-cri", str(ctd.ctd.socket), "--conf-dir", str(ctd.dir / "net.d"),
+                  "--cni-path", str(ctd.session.bin_dir), "--no-daemon"]
+        held = _pycni_cmd(ctd, "leases", "--conf-dir", str(ctd.dir / "net.d"))["leases"]
+        assert {row["address"] for row in held} == {p.ip for p in pods} | {leaked_ip}
+        assert all(row["vethExists"] for row in held), held
+        preview = _pycni_cmd(ctd, "gc", "--dry-run", *common)
+        (net,) = preview["networks"]
+        assert [x["containerID"] for x in net["leases"]] == [leaked_id]
+        assert [x["containerID"] for x in net["veths"]] == [leaked_id]
+        assert (ctd.data_dir / NETWORK / leaked_ip).exists(), "--dry-run removed the lease"
+        done = _pycni_cmd(ctd, "gc", *common)
+        (net,) = done["networks"]
+        assert [x["address"] for x in net["leases"]] == [leaked_ip] and len(net["veths"]) == 1
+        assert net["left"] == {"leases": [], "veths": []}
+        assert not (ctd.data_dir / NETWORK / leaked_ip).exists()
+        assert {row["address"] for row in _pycni_cmd(ctd, "leases", "--conf-dir", str(ctd.dir / "net.d"))["leases"]} \
+            == {p.ip for p in pods}
+        assert ping(pods[1].netns, pods[0].ip), "GC broke a live pod"
+    finally:
+        leak.delete()
 
 
 def test_stop_and_remove_leave_nothing_behind(ctd, pods):

@@ -29,7 +29,9 @@ PLUGINS = {"pycni": "pycni.bridge.verbs", "pycni-host-local": "pycni.ipam.verbs"
 _VERB_FUNCS = {"ADD": "add", "DEL": "delete", "CHECK": "check", "STATUS": "status", "GC": "gc"}
 
 # `pycni <name> ...` -> "module:function" taking the remaining argv and returning an exit status.
-SUBCOMMANDS = {"daemon": "pycni.daemon.server:main", "agent": "pycni.agent.main:main"}
+SUBCOMMANDS = {"daemon": "pycni.daemon.server:main", "agent": "pycni.agent.main:main",
+               "leases": "pycni.inspect.leases:main", "status": "pycni.inspect.status:main",
+               "gc": "pycni.inspect.gc_preview:main"}
 
 MAX_STDIN = 1 << 20  # spec.env.MAX_CONFIG_BYTES (a test keeps them equal; spec.env is not imported here)
 
@@ -70,6 +72,7 @@ def run(plugin: str, environ: dict[str, str], stdin: bytes, stderr=None) -> tupl
             # SPEC.md "VERSION": stdin carries {"cniVersion": ...}; answer even if it is garbage.
             return 0, json.dumps(versions.version_info(guessed))
         logs = _RequestLog(sys.stderr if stderr is None else stderr, environ)
+        code = INTERNAL
         from importlib import import_module
 
         from .spec import config as netconf
@@ -80,28 +83,32 @@ def run(plugin: str, environ: dict[str, str], stdin: bytes, stderr=None) -> tupl
         cnienv.validate_network_name(data.get("name"))
         module = import_module(PLUGINS[plugin])
         conf = netconf.load(module.Config, data)
-        logs.configure(conf.logFile, conf.logLevel)
+        logs.configure(conf.logFile, conf.logLevel, conf.logFormat, network=conf.name)
         args = cnienv.parse_cni_args(env.args, module.KNOWN_ARGS)
         from .spec.request import Request
 
         request = Request(env=env, conf=conf, raw=data, stdin=stdin, version=version, cni_args=args,
                           environ=environ)
         result = getattr(module, _VERB_FUNCS[env.command])(request)
+        code = 0
         if env.command == "ADD":
             return 0, json.dumps(result.to_dict(version))
         return 0, ""  # CHECK, DEL, STATUS and GC print nothing on success
     except CNIError as err:
         logs = logs or _RequestLog(sys.stderr if stderr is None else stderr, environ)
+        code = err.code
         _log().warning("%s failed: code %d: %s %s", plugin, err.code, err.msg, err.details)
         return 1, json.dumps(err.to_dict(error_version))
     except Exception as exc:  # noqa: BLE001 - a bug: still one JSON error document, the traceback only in the log
         logs = logs or _RequestLog(sys.stderr if stderr is None else stderr, environ)
+        code = INTERNAL
         _log().error("%s: unexpected %s: %s", plugin, type(exc).__name__, exc)
         _log().debug("traceback", exc_info=True)
         err = CNIError(INTERNAL, f"internal error: {type(exc).__name__}", str(exc)[:500])
         return 1, json.dumps(err.to_dict(error_version))
     finally:
         if logs is not None:
+            logs.finish(plugin, code)
             logs.close()
 
 
@@ -114,17 +121,25 @@ def _log():
 class _RequestLog:
     """The log handlers of one request: its stderr stream and, once the configuration is known, its
     `logFile`. Handlers only take records of the thread that runs the request, so concurrent requests
-    in the daemon keep their logs apart; level: `logLevel` > PYCNI_LOG_LEVEL > WARNING."""
-
-    FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+    in the daemon keep their logs apart; level: `logLevel` > PYCNI_LOG_LEVEL > WARNING; format
+    (pycni.logfmt): `logFormat` > PYCNI_LOG_FORMAT > plain. Every record carries the request's
+    verb, container ID, ifname and (once known) network; the last one, at INFO, its code and duration."""
 
     def __init__(self, stream, environ: dict[str, str]) -> None:
         import logging
         import threading
+        import time
+
+        from . import logfmt
 
         self._logging = logging
+        self._logfmt = logfmt
         self._environ = environ
         self._thread = threading.get_ident()
+        self._start = time.monotonic()
+        self.format = logfmt.choose(environ.get(logfmt.ENV))
+        self.context = logfmt.fields(environ.get("CNI_COMMAND"), environ.get("CNI_CONTAINERID"),
+                                     None, environ.get("CNI_IFNAME"))
         logger = logging.getLogger("pycni")
         logger.propagate = False
         logger.setLevel(logging.DEBUG)  # the handlers filter, per request
@@ -133,9 +148,17 @@ class _RequestLog:
         self._add(logging.StreamHandler(stream))
         self._set_level("")
 
+    def _filter(self, record) -> bool:
+        if record.thread != self._thread:
+            return False
+        for key, value in self.context.items():
+            if getattr(record, key, None) is None:
+                setattr(record, key, value)
+        return True
+
     def _add(self, handler) -> None:
-        handler.setFormatter(self._logging.Formatter(self.FORMAT))
-        handler.addFilter(lambda record: record.thread == self._thread)
+        handler.setFormatter(self._logfmt.formatter(self.format))
+        handler.addFilter(self._filter)
         self.handlers.append(handler)
         self.logger.addHandler(handler)
 
@@ -145,7 +168,11 @@ class _RequestLog:
         for handler in self.handlers:
             handler.setLevel(value if isinstance(value, int) else self._logging.WARNING)
 
-    def configure(self, log_file: str, level: str) -> None:
+    def configure(self, log_file: str, level: str, fmt: str = "", network: str | None = None) -> None:
+        self.context["cni_network"] = network
+        self.format = self._logfmt.choose(fmt, self._environ.get(self._logfmt.ENV))
+        for handler in self.handlers:
+            handler.setFormatter(self._logfmt.formatter(self.format))
         path = log_file or self._environ.get("PYCNI_LOG_FILE", "")
         if path:
             try:
@@ -153,6 +180,13 @@ class _RequestLog:
             except OSError as exc:
                 self.handlers[0].stream.write(f"pycni: cannot open log file {path}: {exc}\n")
         self._set_level(level)
+
+    def finish(self, plugin: str, code: int) -> None:
+        import time
+
+        ms = (time.monotonic() - self._start) * 1000
+        self.context.update(cni_code=code, cni_duration_ms=round(ms, 3))
+        self.logger.info("%s %s: code %d in %.1f ms", plugin, self.context["cni_verb"], code, ms)
 
     def close(self) -> None:
         for handler in self.handlers:
@@ -178,7 +212,8 @@ def _main(plugin: str, handoff: bool = True) -> None:
     # Read one byte past the limit so an oversized configuration is detected, not truncated.
     stdin = sys.stdin.buffer.read(MAX_STDIN + 1) if sys.stdin is not None else b""
     environ = dict(os.environ)
-    if handoff and _daemon_allowed(environ, stdin):
+    allowed = _daemon_allowed(environ, stdin)
+    if handoff and allowed:
         from .daemon import client
 
         answer = client.call(plugin, environ, stdin)
@@ -188,6 +223,13 @@ def _main(plugin: str, handoff: bool = True) -> None:
                 sys.stderr.write(logs)
                 sys.stderr.flush()
             _finish(status, text)
+        from .daemon import spool
+
+        spool.record(client.socket_path(environ), plugin, environ.get("CNI_COMMAND", ""), client.last_fallback)
+    elif allowed:  # run_standalone: the native shim tried the daemon and fell back to us
+        from .daemon import client, spool
+
+        spool.record(client.socket_path(environ), plugin, environ.get("CNI_COMMAND", ""), "shim")
     _lean_imports()
     real_stdout = sys.stdout
     sys.stdout = sys.stderr  # nothing but the final document may reach stdout

@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 
+from .. import logfmt, runstate
 from . import conflist, install, masq, routes
 from .nodes import SA_DIR, FileSource, KubeClient, KubeSource, NodeList, NodeSourceError
 
@@ -71,6 +72,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--mtu", type=int, default=0)
     p.add_argument("--plugin-log-file", default="", help="logFile for the bridge plugin in the conflist")
     p.add_argument("--log-level", default=os.environ.get("PYCNI_AGENT_LOG_LEVEL", "INFO"))
+    p.add_argument("--state-file", default=runstate.DEFAULT_AGENT_STATE,
+                   help="where `pycni status` and the daemon's metrics read the last round (default %(default)s; "
+                   "empty: none)")
+    logfmt.add_argument(p)
     args = p.parse_args(argv)
     cidrs = args.cluster_cidr or [os.environ.get("CLUSTER_CIDR", "")]
     args.cluster_cidr = [c.strip() for item in cidrs for c in item.split(",") if c.strip()]
@@ -103,6 +108,8 @@ class Agent:
         self.masq = masq.backend(args.masq_backend) if not args.cleanup else None
         self.bundle_digest: str | None = None
         self.last_version = ""
+        self.state = runstate.AgentState(args.state_file) if args.state_file and not args.cleanup else None
+        self.last_plan: routes.Plan | None = None
         if args.kube:
             self.source = KubeSource(KubeClient(sa_dir=args.kube_sa_dir))
         elif args.nodes_file:
@@ -114,6 +121,7 @@ class Agent:
 
     def round(self, nodes: NodeList) -> dict:
         a = self.args
+        self.last_plan = None
         status: dict = {"node": a.node_name, "errors": list(nodes.errors), "changes": []}
         if a.bundle_dir:
             try:
@@ -145,7 +153,7 @@ class Agent:
         want = routes.desired(nodes.nodes, a.node_name)
         status["errors"] += want.problems
         try:
-            _plan, applied = routes.reconcile(want.routes)
+            self.last_plan, applied = routes.reconcile(want.routes)
             status["changes"] += applied.done
             status["errors"] += applied.errors
         except Exception as exc:  # noqa: BLE001 - netlink trouble: report, keep the loop alive
@@ -192,6 +200,8 @@ class Agent:
                 continue
             status = self.round(nodes)
             status["seconds"] = round(time.monotonic() - t0, 3)
+            if self.state is not None:
+                self.state.record(status, self.last_plan)
             ok = not status["errors"]
             for change in status["changes"]:
                 log.info("%s", change)
@@ -241,8 +251,7 @@ def cleanup(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level.upper(), logging.INFO),
-                        format="%(asctime)s pycni-agent %(levelname)s %(message)s")
+    logfmt.basic_config(args.log_level, args.log_format, "%(asctime)s pycni-agent %(levelname)s %(message)s")
     if args.cleanup:
         return cleanup(args)
     stop = threading.Event()

@@ -23,6 +23,8 @@ CONNECT_TIMEOUT = 0.5  # seconds: a unix socket connects at once or not at all
 REPLY_TIMEOUT_ENV = "PYCNI_DAEMON_TIMEOUT"
 DEFAULT_REPLY_TIMEOUT = 120.0  # a verb that takes longer than this is stuck (runtimes give up sooner)
 TRY_AGAIN_LATER = 11  # spec.errors.TRY_AGAIN_LATER (not imported: spec.errors is cheap, but not free)
+# Why the last call() returned None ("absent" or "refused"): the standalone spool (daemon/spool.py) records it.
+last_fallback = ""
 
 
 class _Ctx:
@@ -82,6 +84,8 @@ def _try_again(msg: str, details: str) -> tuple[int, str, str]:
 
 def call(plugin: str, environ: dict[str, str], stdin: bytes) -> tuple[int, str, str] | None:
     """(exit status, stdout text, stderr text) from the daemon, or None: run the verb here."""
+    global last_fallback
+    last_fallback = "absent"
     path = socket_path(environ)
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
@@ -100,6 +104,7 @@ def call(plugin: str, environ: dict[str, str], stdin: bytes) -> tuple[int, str, 
         try:
             sock.sendall(len(request).to_bytes(4, "big") + request)
         except OSError:
+            last_fallback = "refused"
             return None  # the daemon closed before reading: it did nothing (e.g. it is stopping)
         try:
             size = int.from_bytes(recv_exact(sock, 4), "big")
@@ -113,6 +118,7 @@ def call(plugin: str, environ: dict[str, str], stdin: bytes) -> tuple[int, str, 
     finally:
         sock.close()
     if not isinstance(answer, dict) or "refused" in answer:
+        last_fallback = "refused"
         if os.environ.get("PYCNI_DAEMON_DEBUG"):
             os.write(2, f"pycni: daemon refused: {answer}\n".encode())
         return None

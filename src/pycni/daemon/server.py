@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 
-from .. import __version__, cli
+from .. import __version__, cli, logfmt, runstate
 from . import DEFAULT_SOCKET, MAX_FRAME, PROTOCOL, SOCKET_ENV, namespaces, recv_exact
 
 REQUEST_TIMEOUT = 10.0  # seconds to receive a whole request once connected
@@ -128,6 +128,8 @@ class Server:
         self.sock: socket.socket | None = None
         self.ns = namespaces()  # the daemon's network and PID namespaces (request threads return to them)
         self._inode: tuple[int, int] | None = None
+        self.metrics = None  # pycni.metrics.Metrics when --metrics-address is given
+        self.json_logs = False
 
     # -- socket -------------------------------------------------------------------------------------
 
@@ -246,12 +248,17 @@ class Server:
                 return
             logs = io.StringIO()
             start = time.perf_counter()
+            probe = self.metrics.begin(plugin, env, stdin) if self.metrics is not None else None
             try:
                 status, text = cli.run(plugin, env, stdin, stderr=logs)
+                if probe is not None:
+                    self.metrics.end(probe, status, text)  # before the thread's netlink sockets close
             finally:
                 _close_thread_sockets()
+            ms = (time.perf_counter() - start) * 1000
             log.info("%s %s %s/%s: exit %d in %.1f ms", plugin, env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID", "-"),
-                     env.get("CNI_IFNAME", "-"), status, (time.perf_counter() - start) * 1000)
+                     env.get("CNI_IFNAME", "-"), status, ms,
+                     extra=_log_fields(env, stdin, status, text, ms) if self.json_logs else None)
             conn.settimeout(REQUEST_TIMEOUT)
             _send(conn, {"status": status, "stdout": text, "stderr": logs.getvalue()})
         except Exception as exc:  # noqa: BLE001 - a request never takes the daemon down
@@ -289,6 +296,20 @@ def _drain(conn: socket.socket) -> None:
         pass
 
 
+def _log_fields(env: dict[str, str], stdin: bytes, status: int, text: str, ms: float) -> dict:
+    """The request's fields for a JSON log line (pycni.logfmt)."""
+    try:
+        network = json.loads(stdin).get("name")
+    except (ValueError, AttributeError):
+        network = None
+    try:
+        code = 0 if status == 0 else json.loads(text).get("code")
+    except (ValueError, AttributeError):
+        code = None
+    return logfmt.fields(env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID"), network if isinstance(network, str) else None,
+                         env.get("CNI_IFNAME"), code, ms)
+
+
 def _close_thread_sockets() -> None:
     links = sys.modules.get("pycni.bridge.links")
     if links is not None:
@@ -302,9 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=32, help="requests served at the same time")
     parser.add_argument("--grace", type=float, default=30.0, help="seconds to let requests finish on SIGTERM")
     parser.add_argument("--log-level", default=os.environ.get("PYCNI_LOG_LEVEL", "INFO"))
+    logfmt.add_argument(parser)
+    from .. import metrics
+
+    metrics.add_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    logfmt.basic_config(args.log_level, args.log_format)
     if os.geteuid() != 0:
         print("pycni daemon: must run as root", file=sys.stderr)
         return 1
@@ -313,6 +337,17 @@ def main(argv: list[str] | None = None) -> int:
     preload()
     server = Server(os.path.abspath(args.socket), workers=max(1, args.workers), grace=args.grace)
     server.bind()
+    server.json_logs = args.log_format == "json"
+    try:
+        server.metrics = metrics.start(args, server.path, max(1, args.workers))
+    except (OSError, ValueError) as exc:
+        server.unlink()
+        print(f"pycni daemon: metrics: {exc}", file=sys.stderr)
+        return 1
+    state_file = runstate.daemon_file(server.path)
+    runstate.write(state_file, {"version": __version__, "pid": os.getpid(), "started": time.time(),
+                                "workers": max(1, args.workers), "socket": server.path,
+                                "metrics": server.metrics.address if server.metrics else ""})
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
     log.info("pycni %s daemon listening on %s (pid %d)", __version__, server.path, os.getpid())
@@ -322,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.drain()
         server.unlink()
+        if server.metrics is not None:
+            server.metrics.stop()
+        if (runstate.read(state_file) or {}).get("pid") == os.getpid():
+            os.unlink(state_file)
         # Python restores the default SIGTERM action while it shuts down: a second SIGTERM from an
         # impatient supervisor must not turn a clean exit into "killed by signal".
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -9,7 +9,7 @@ names the field at fault.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -90,6 +90,7 @@ class NetConf(Model):
     # pycni's own logging keys (optional): where and how much to log.
     logFile: str = ""
     logLevel: str = ""
+    logFormat: Literal["", "plain", "json"] = ""  # pycni.logfmt
 
     def prev_result(self) -> Result | None:
         """SPEC.md "Chained Plugins": prevResult, converted to one model whatever its version."""
