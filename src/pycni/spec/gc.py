@@ -32,14 +32,15 @@ Attachment = tuple[str, str]  # (containerID, ifname)
 def valid_attachments(raw: dict) -> frozenset[Attachment]:
     """The attachments a GC must keep (empty: keep nothing of this network). Raises code 7 for a
     malformed or ambiguous request; callers run this before they remove anything."""
-    lists = {key: _parse(key, raw[key]) for key in (VALID_KEY, LEGACY_KEY) if key in raw}
+    lists = {key: attachment_list(raw[key], key) for key in (VALID_KEY, LEGACY_KEY) if key in raw}
     if len(lists) == 2 and lists[VALID_KEY] != lists[LEGACY_KEY]:
         raise CNIError(INVALID_CONFIG, f"{VALID_KEY} and {LEGACY_KEY} disagree",
                        "libcni sends the same list under both keys; refusing to guess which one is meant")
     return next(iter(lists.values()), frozenset())
 
 
-def _parse(key: str, value: object) -> frozenset[Attachment]:
+def attachment_list(value: object, key: str = VALID_KEY) -> frozenset[Attachment]:
+    """One list of attachments (the value of `key`); null is the empty list; code 7 when malformed."""
     if value is None:
         return frozenset()
     if not isinstance(value, list):
