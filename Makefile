@@ -13,7 +13,8 @@ PYTEST_ARGS ?=
 # NATIVE_SHIM=1: the installed executables are a ~1 ms C shim in front of the daemon
 NATIVE_SHIM ?= 0
 
-.PHONY: all deps venv build install uninstall test test-unit test-agent test-cluster kind-e2e check demo clean bundle stress bench
+.PHONY: all deps venv build install uninstall test test-unit test-agent test-cluster test-portable kind-e2e check demo \
+	clean bundle stress bench
 
 all: venv build
 
@@ -39,7 +40,7 @@ build:
 # Self-contained bundle for nodes without Python (and without glibc): build/bundle/ and
 # build/pycni-bundle.tar.gz = pycni, pycni-host-local and pycni.d/ (see integration/bundle/README.md).
 bundle: venv
-	bash integration/bundle/build.sh
+	VENV=$(VENV) OUT=$(BUILD) bash integration/bundle/build.sh
 
 # Install both plugins into $(CNI_BIN_DIR) so that they run without this checkout and without any
 # pyenv shim: a private venv in $(PYCNI_HOME) holds the package, and each executable is a two-line
@@ -82,6 +83,24 @@ test-cluster: deps venv
 kind-e2e: bundle
 	bash integration/kind/run-e2e.sh
 
+# Portable builds: `make venv`, `make install` and `make bundle` from another CPython >= 3.11 - by default
+# Debian 12's own /usr/bin/python3 (static libpython, dist-packages) - then the bundle tests run on that
+# bundle (tests/conftest.py: PYCNI_BUNDLE). CI runs this after `make test`.
+PORTABLE_PYTHON ?= /usr/bin/python3
+PORTABLE        := $(abspath $(BUILD))/portable
+test-portable: deps venv
+	rm -rf $(PORTABLE)
+	$(MAKE) bundle PYTHON=$(PORTABLE_PYTHON) VENV=$(PORTABLE)/venv BUILD=$(PORTABLE)
+	$(MAKE) install PYTHON=$(PORTABLE_PYTHON) CNI_BIN_DIR=$(PORTABLE)/bin PYCNI_HOME=$(PORTABLE)/home
+	@for exe in pycni pycni-host-local; do \
+	  out=$$(echo '{"cniVersion":"1.1.0"}' | env -i CNI_COMMAND=VERSION $(PORTABLE)/bin/$$exe); \
+	  case $$out in *supportedVersions*) echo "$$exe (installed from $(PORTABLE_PYTHON)): $$out" ;; \
+	    *) echo "$$exe installed from $(PORTABLE_PYTHON) answers: $$out" >&2; exit 1 ;; esac; \
+	done
+	$(PORTABLE)/home/bin/python -I -c 'import pycni.cli, pycni.bridge.verbs, pycni.ipam.verbs, pycni.daemon.server'
+	PYCNI_BUNDLE=$(PORTABLE)/pycni-bundle.tar.gz PYCNI_BUNDLE_PYTHON=$(PORTABLE_PYTHON) \
+	  $(VPY) -m pytest -q $(PYTEST_ARGS) tests/test_bundle.py tests/test_agent_netns.py::test_installs_the_bundle
+
 # pycni against the Go reference plugins, same machine, same run (docs/performance.md); as root.
 bench: venv build
 	$(VPY) bench/bench.py
@@ -91,11 +110,16 @@ STRESS_ARGS ?=
 stress: venv
 	$(VPY) integration/stress.py $(STRESS_ARGS)
 
-test-unit: venv
-	$(VPY) -m pytest -q tests/test_spec_unit.py
+# Every test that needs no root (no namespaces): the protocol layer, the config models, the allocator,
+# host-local exec'd against the reference... Root tests carry the `root` mark (tests/conftest.py adds
+# it to any test that skips without root).
+test-unit: venv build
+	$(VPY) -m pytest -q -m "not root" tests
 
+# Lint (ruff) everything; type-check (mypy) the pure layers spec/ and ipam/ (files: pyproject.toml).
 check: venv
 	$(VPY) -m ruff check src tests integration bench
+	$(VPY) -m mypy
 
 # The main job, end to end: node namespace, pods, ADD through libcni, connectivity, CHECK, DEL, cleanup.
 demo: deps venv build

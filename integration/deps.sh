@@ -12,9 +12,15 @@
 #   busybox-static                the python-less, glibc-less node rootfs of the bundle test
 #   docker.io                     integration/kindlab: dockerd (started by the harness inside a node
 #                                 namespace, never as a service) runs the kind-style node containers
+#   python3, python3-venv         Debian's own interpreter: `make venv/install/bundle PYTHON=/usr/bin/python3`
+#                                 (CI builds and tests a bundle from it: make test-portable)
+#   gcc, libc6-dev, binutils      the daemon's native shim (cc; make install NATIVE_SHIM=1 and its tests),
+#                                 `strip` for the bundle; libc-bin (ldd) is essential already
+#   openssl                       the node agent tests' fake API server certificate
+#   git                           version stamps (bundle BUILDINFO)
 set -euo pipefail
-PKGS=(make ca-certificates python3-venv containernetworking-plugins
-      iproute2 util-linux nftables iptables iputils-ping procps
+PKGS=(make ca-certificates python3 python3-venv containernetworking-plugins
+      iproute2 util-linux nftables iptables iputils-ping procps gcc libc6-dev binutils openssl git
       busybox-static containerd runc podman conmon docker.io)
 missing=()
 for p in "${PKGS[@]}"; do

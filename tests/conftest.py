@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 VENV_BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent
 # Debian's containernetworking-plugins 1.1.1: the default source of helper plugins (loopback, a
 # delegated host-local) for tests that do not compare against a reference.
 REFERENCE_DIR = Path("/usr/lib/cni")
@@ -56,7 +56,7 @@ def _debian_reference() -> Reference:
 
 def _upstream_reference() -> Reference:
     """build/ref: the release pinned in integration/cni/go.mod, built by `make build`."""
-    ref = ROOT / "build" / "ref"
+    ref = REPO / "build" / "ref"
     version = (ref / "VERSION").read_text().strip().lstrip("v") if (ref / "VERSION").exists() else "0"
     return Reference("upstream", ref, tuple(int(d) for d in version.split(".")))
 
@@ -74,6 +74,15 @@ def reference(request) -> Reference:
             pytest.fail(f"{ref.dir} is missing: run `make build` (integration/cni/build.sh)")
         pytest.skip(f"Debian's reference plugins are not installed ({ref.dir})")
     return ref
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """`make test-unit` runs `-m "not root"`: a test that skips without root is a root test, whether or
+    not its module remembered the mark."""
+    for item in items:
+        if item.get_closest_marker("root") is None and any(
+                "root" in str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.root)
 
 
 def plugin_exe(name: str) -> str:
@@ -188,3 +197,39 @@ def node(netns) -> str:
 def in_ns(ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["nsenter", f"--net=/var/run/netns/{ns}", "--", *cmd], capture_output=True, text=True,
                           check=check)
+
+
+# -- the bundle (integration/bundle/build.sh) -----------------------------------------------------------
+
+
+def _bundle_sources() -> list[Path]:
+    return [REPO / "integration" / "bundle" / "build.sh", REPO / "pyproject.toml",
+            *(REPO / "src" / "pycni").rglob("*.py")]
+
+
+@pytest.fixture(scope="session")
+def bundle_tarball() -> Path:
+    """The bundle the bundle and agent tests install. $PYCNI_BUNDLE when set, used as it is (CI sets it
+    to a bundle built from Debian's /usr/bin/python3); else build/pycni-bundle.tar.gz, (re)built from
+    the venv running the tests when it is missing or older than the sources it contains."""
+    given = os.environ.get("PYCNI_BUNDLE")
+    if given:
+        path = Path(given)
+        assert path.is_file(), f"PYCNI_BUNDLE={given} does not exist"
+        return path
+    tarball = REPO / "build" / "pycni-bundle.tar.gz"
+    newest = max(p.stat().st_mtime for p in _bundle_sources() if p.exists())
+    if not tarball.exists() or tarball.stat().st_mtime < newest:
+        env = dict(os.environ, VENV=sys.prefix, OUT=str(REPO / "build"))
+        proc = subprocess.run(["bash", str(REPO / "integration" / "bundle" / "build.sh")], check=False, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"bundle build failed:\n{proc.stdout}\n{proc.stderr}"
+    return tarball
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(bundle_tarball, tmp_path_factory) -> Path:
+    """The bundle extracted: pycni, pycni-host-local and pycni.d/ (as `tar -C /opt/cni/bin -xzf` gives)."""
+    out = tmp_path_factory.mktemp("bundle")
+    subprocess.run(["tar", "-C", str(out), "-xzf", str(bundle_tarball)], check=True)
+    return out

@@ -22,7 +22,6 @@ pytestmark = [pytest.mark.skipif(not IS_ROOT, reason="needs root and network nam
 CLUSTER = "10.246.0.0/16"
 N1, N2, N3 = "172.31.250.1", "172.31.250.2", "172.31.250.3"
 ROOT = Path(__file__).resolve().parent.parent
-BUNDLE = ROOT / "build" / "bundle"
 
 
 def nodes_doc(*entries) -> str:
@@ -134,15 +133,14 @@ def test_iptables_backend_and_dual_stack(cluster):
     assert cluster.routes(cluster.n1, "-6") == []
 
 
-@pytest.mark.skipif(not (BUNDLE / "pycni").exists(), reason="no build/bundle (make bundle)")
-def test_installs_the_bundle(cluster):
-    s = cluster.once("n1", "--bundle-dir", str(BUNDLE))
+def test_installs_the_bundle(cluster, bundle_dir):
+    s = cluster.once("n1", "--bundle-dir", str(bundle_dir))
     assert s["rc"] == 0 and any(c.startswith("installed bundle") for c in s["changes"]), s
     bin_dir = cluster.dirs("n1")[0]
     out = subprocess.run([str(bin_dir / "pycni")], env={"CNI_COMMAND": "VERSION"}, input=b"{}",
                          capture_output=True, timeout=30, check=False)
     assert json.loads(out.stdout)["supportedVersions"], out
-    s = cluster.once("n1", "--bundle-dir", str(BUNDLE))
+    s = cluster.once("n1", "--bundle-dir", str(bundle_dir))
     assert not any(c.startswith("installed") for c in s["changes"])
 
 

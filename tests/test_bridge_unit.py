@@ -120,7 +120,9 @@ def test_chain_appends_after_prev_result():
 
 
 def test_names_are_deterministic_and_short():
-    assert verbs.host_veth_name("abc", "eth0") == verbs.host_veth_name("abc", "eth0")
+    # Golden value: the host veth's name is a pure function of (containerID, ifname) that must not change
+    # between processes or releases (DEL after an upgrade finds the veth by this name).
+    assert verbs.host_veth_name("abc", "eth0") == "veth538f587a"
     assert verbs.host_veth_name("abc", "eth0") != verbs.host_veth_name("abc", "eth1")
     assert len(verbs.host_veth_name("x" * 200, "eth0")) == 12
     att = masquerade.Attachment("net", "ctr" * 50, 'we"ird')
@@ -211,6 +213,43 @@ def test_delegate_error_is_passed_through(tmp_path):
     assert (err.value.code, err.value.msg, err.value.details) == (11, "busy", "later")
 
 
+def test_in_process_host_local_is_parsed_once_per_add(tmp_path, monkeypatch):
+    """ADD validates pycni-host-local's configuration before touching the node (precheck) and the
+    allocation and its rollback reuse that parse: one load of host-local's model, one settings()."""
+    from pycni.ipam import verbs as host_local
+    from pycni.spec import config as spec_config
+
+    raw = {"cniVersion": "1.1.0", "name": "net", "type": "pycni",
+           "ipam": {"type": "pycni-host-local", "dataDir": str(tmp_path / "ipam"),
+                    "ranges": [[{"subnet": "10.77.0.0/24"}]]}}
+    env = Environment(command="ADD", container_id="c1", netns="/var/run/netns/x", ifname="eth0",
+                      path=(str(tmp_path),))
+    req = Request(env=env, conf=load(BridgeConf, raw), raw=raw, stdin=json.dumps(raw).encode(), version="1.1.0",
+                  cni_args=parse_cni_args("", verbs.KNOWN_ARGS))
+    calls = {"load": 0, "settings": 0}
+    real_load, real_settings = spec_config.load, host_local.settings
+
+    def counting_load(model, data):
+        calls["load"] += model is host_local.Config
+        return real_load(model, data)
+
+    def counting_settings(r):
+        calls["settings"] += 1
+        return real_settings(r)
+
+    monkeypatch.setattr(spec_config, "load", counting_load)
+    monkeypatch.setattr(host_local, "settings", counting_settings)
+    local = ipam_delegate.precheck(req)
+    assert local is not None
+    result = ipam_delegate.add(req, local)
+    assert [ip.address for ip in result.ips] == ["10.77.0.2/24"]
+    ipam_delegate.delete(verbs._as_verb(req, "DEL"), local)  # the rollback
+    assert calls == {"load": 1, "settings": 1}
+    assert not [p for p in (tmp_path / "ipam" / "net").iterdir() if p.name.startswith("10.")]
+    # without the prepared request (DEL, CHECK... of their own) it is parsed for that call
+    assert ipam_delegate.precheck(_request(tmp_path)) is None  # an exec'd IPAM validates itself
+
+
 def test_delegate_failures_are_code_104(tmp_path):
     _fake_plugin(tmp_path, "echo oops >&2; exit 3\n")
     with pytest.raises(CNIError) as err:
@@ -295,8 +334,6 @@ def test_example_conflists_validate(name):
     merged = dict(ours[0], cniVersion=data["cniVersion"], name=data["name"])
     c = load(BridgeConf, merged)
     assert c.ipam_type == "pycni-host-local"
-    try:
-        from pycni.ipam.verbs import Config as IpamConfig
-    except ImportError:
-        return
-    load(IpamConfig, merged)
+    from pycni.ipam.verbs import Config as IpamConfig
+
+    assert load(IpamConfig, merged).ipam.type == "pycni-host-local"

@@ -232,6 +232,21 @@ CASES: dict[str, Case] = {
     "ipam-not-an-object": P(7, conf(ipam="host-local")),
     "ipam-type-traversal": P(7, ipam(type="../../../bin/sh")),
     "ipam-type-int": P(7, ipam(type=7)),
+    # -- decoded as strictly as the Go reference (issue 14: "1500" is not an int, "yes" not a bool) --
+    "mtu-string-number": P(7, conf(mtu="1500")),
+    "mtu-integral-float": P(7, conf(mtu=1500.0)),
+    "vlan-string-number": P(7, conf(vlan="5")),
+    "isGateway-yes": P(7, conf(isGateway="yes")),
+    "hairpinMode-1": P(7, conf(hairpinMode=1)),
+    "ipam-without-type": P(7, lambda w: w.conf(ipam={k: v for k, v in w.conf()["ipam"].items() if k != "type"})),
+    "ipam-type-empty": P(7, ipam(type="")),
+    # -- integers past the kernel's types: code 7, not a netlink failure (issue 15 item 9) --
+    "ipRanges-subnet-int": P(7, conf(runtimeConfig={"ipRanges": [[{"subnet": 5}]]})),
+    "route-mtu-2^40": P(7, ipam(routes=[{"dst": "10.50.0.0/16", "mtu": 2**40}])),
+    "route-table-2^40": P(7, ipam(routes=[{"dst": "10.50.0.0/16", "table": 2**40}])),
+    "route-advmss-2^40": P(7, ipam(routes=[{"dst": "10.50.0.0/16", "advmss": 2**40}])),
+    "route-priority-2^33": P(7, ipam(routes=[{"dst": "10.50.0.0/16", "priority": 2**33}])),
+    "route-mtu-string": P(7, ipam(routes=[{"dst": "10.50.0.0/16", "mtu": "1400"}])),
     # -- IPAM configuration, refused before anything is created (7) --
     "subnet-garbage": P(7, ipam(ranges=[[{"subnet": "10.99.0.0/33"}]])),
     "subnet-slash-32": P(7, ipam(ranges=[[{"subnet": "10.99.0.1/32"}]])),
@@ -284,6 +299,11 @@ CASES: dict[str, Case] = {
     "hl-gateway-outside-legacy-subnet": H(7, hipam(ranges=[], subnet="10.99.0.0/24", gateway="10.98.0.1")),
     "hl-ipRanges-overlap": H(7, lambda w: dict(w.hl_conf(), runtimeConfig={"ipRanges": [[V4], [V4]]})),
     "hl-routes-gw-garbage": H(7, hipam(routes=[{"dst": "0.0.0.0/0", "gw": "gw"}])),
+    "hl-ipRanges-subnet-int": H(7, lambda w: dict(w.hl_conf(), runtimeConfig={"ipRanges": [[{"subnet": 5}]]})),
+    "hl-route-mtu-2^40": H(7, hipam(routes=[{"dst": "10.50.0.0/16", "mtu": 2**40}])),
+    "hl-route-priority-2^33": H(7, hipam(routes=[{"dst": "10.50.0.0/16", "priority": 2**33}])),
+    "hl-ipam-without-type": H(7, lambda w: dict(w.hl_conf(), ipam={k: v for k, v in w.hl_conf()["ipam"].items()
+                                                                    if k != "type"})),
     "hl-GC-list-not-a-list": H(7, hgc("all"), "GC"),
     "hl-GC-null-with-legacy-list": H(7, lambda w: dict(w.hl_conf(), **{
         "cni.dev/valid-attachments": None, "cni.dev/attachments": [{"containerID": "hlowner", "ifname": "net1"}]}),

@@ -5,21 +5,28 @@
 #   build/bundle/pycni               launcher (#!/bin/sh)
 #   build/bundle/pycni-host-local    launcher (#!/bin/sh)
 #   build/bundle/pycni.d/            the one support directory:
-#       bin/python3.11               the venv's base CPython interpreter (debug info stripped)
+#       bin/python3.X                the venv's base CPython interpreter (debug info stripped)
 #       bin/python3                  sh wrapper = sys.executable, so re-executing Python works too
-#       lib/*.so*                    libpython + every shared library the interpreter and the extension
-#                                    modules need (ldd closure), including glibc and its loader
-#       lib/python3.11/              the stdlib (tests, GUI, tooling trimmed) + site-packages with pycni
-#                                    and its dependencies, precompiled (unchecked-hash .pyc)
+#       lib/*.so*                    every shared library the interpreter and the extension modules need
+#                                    (ldd closure: libpython when the interpreter has a shared one, glibc
+#                                    and its loader)
+#       lib/python3.X/               the stdlib (tests, GUI, tooling trimmed); pycni and its dependencies
+#                                    in the directory that interpreter's own site.py searches under the
+#                                    bundle (lib/python3.X/site-packages for upstream CPython, e.g. pyenv;
+#                                    local/lib/python3.X/dist-packages for Debian's /usr/bin/python3),
+#                                    precompiled (unchecked-hash .pyc)
 #       install.sh                   install/upgrade into a CNI bin dir (swaps pycni.d, then launchers)
 #       BUILDINFO                    versions of everything inside
 #   build/pycni-bundle.tar.gz        the three entries above: `tar -C /opt/cni/bin -xzf build/pycni-bundle.tar.gz`
 #
 # The launchers run `<pycni.d>/lib/ld-linux-x86-64.so.2 --inhibit-cache --library-path <pycni.d>/lib
-# <pycni.d>/bin/python3.11 -I ...`: the bundled loader and glibc are used whatever the node has, the
+# <pycni.d>/bin/python3.X -I ...`: the bundled loader and glibc are used whatever the node has, the
 # library path is an argument (not LD_LIBRARY_PATH, so processes the plugin runs - iptables, nft,
 # delegated IPAM plugins - inherit nothing), and -I makes PYTHON* variables from the runtime inert.
-# Python finds its prefix from the landmark <pycni.d>/lib/python3.11/os.py next to argv[0].
+# Python finds its prefix from the landmark <pycni.d>/lib/python3.X/os.py next to argv[0].
+# Any CPython >= 3.11 on x86_64 glibc works: a shared or a static libpython, site-packages or
+# dist-packages (Debian) - whatever the interpreter is, the finished bundle must import pycni, and
+# the build fails otherwise.
 #
 # Env: VENV (default .venv, must exist: `make venv`), OUT (default build).
 set -euo pipefail
@@ -28,8 +35,8 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 VENV=${VENV:-$ROOT/.venv}
 OUT=${OUT:-$ROOT/build}
 case $OUT in /*) ;; *) OUT=$ROOT/$OUT ;; esac
+case $VENV in /*) ;; *) VENV=$ROOT/$VENV ;; esac
 VPY=$VENV/bin/python
-PYVER=3.11
 NAME=pycni.d
 LOADER=ld-linux-x86-64.so.2
 
@@ -49,21 +56,31 @@ dynload = os.path.join(sysconfig.get_path("platstdlib", vars={"platbase": sys.ba
 print(base, stdlib, dynload, sysconfig.get_path("purelib"), "%d.%d" % sys.version_info[:2])
 EOF
 )
-[ "$VER" = "$PYVER" ] || die "venv is Python $VER, the bundle layout expects $PYVER"
+PYVER=$VER
+"$VPY" -I -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "venv is Python $VER, pycni needs >= 3.11"
 [ -f "$STDLIB/os.py" ] && [ -d "$DYNLOAD" ] || die "stdlib not found at $STDLIB"
 
 STAGE=$OUT/bundle.tmp
 rm -rf "$STAGE"
 D=$STAGE/$NAME
 PYLIB=$D/lib/python$PYVER
-mkdir -p "$D/bin" "$PYLIB/site-packages"
+# Where this interpreter's site.py looks for packages under the bundle's prefix (not inside a venv):
+# asked of the interpreter itself, since distributions patch site.py (Debian: dist-packages only).
+SITEREL=$("$BASE_EXE" -I -c '
+import site, sys
+prefix = sys.argv[1]
+dirs = [d for d in site.getsitepackages([prefix]) if d.startswith(prefix + "/")]
+print(dirs[0][len(prefix) + 1:] if dirs else "")' "$D")
+[ -n "$SITEREL" ] || die "$BASE_EXE has no site-packages directory under a prefix"
+SITE=$D/$SITEREL
+mkdir -p "$D/bin" "$PYLIB" "$SITE"
 
 echo "bundle: interpreter $BASE_EXE"
 install -m 0755 "$BASE_EXE" "$D/bin/python$PYVER"
 
 # --- stdlib: everything except tests, GUI/terminal toolkits, build/packaging tooling, caches.
 tar -C "$STDLIB" -cf - \
-  --exclude=./site-packages --exclude="./config-$PYVER*" --exclude=./test --exclude=./idlelib \
+  --exclude=./site-packages --exclude=./dist-packages --exclude="./config-$PYVER*" --exclude=./test --exclude=./idlelib \
   --exclude=./tkinter --exclude=./turtledemo --exclude=./turtle.py --exclude=./ensurepip \
   --exclude=./lib2to3 --exclude=./distutils --exclude=./pydoc_data --exclude=./venv --exclude=./curses \
   --exclude=./__phello__ --exclude=./ctypes/test --exclude=./sqlite3/test --exclude=./unittest/test \
@@ -80,12 +97,12 @@ done
 
 # --- site-packages: pycni (from this checkout) + the distributions it requires, copied from the venv
 # (exactly the versions the test suite ran against; no network). Console scripts are not copied.
-"$VPY" -I - "$ROOT" "$PYLIB/site-packages" <<'EOF'
+"$VPY" -I - "$ROOT" "$SITE" "$STAGE/deps.txt" <<'EOF'
 import re, shutil, sys
 from importlib import metadata
 from pathlib import Path
 
-root, dest = Path(sys.argv[1]), Path(sys.argv[2])
+root, dest, deps_file = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 try:
     from packaging.requirements import Requirement
 except ImportError:  # pragma: no cover - packaging is in every venv with pytest
@@ -132,13 +149,12 @@ info = dest / f"pycni-{ver}.dist-info"
 info.mkdir()
 (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: pycni\nVersion: {ver}\n")
 (info / "INSTALLER").write_text("pycni-bundle\n")
-(dest.parent.parent.parent / "BUILDINFO.deps").write_text("\n".join(sorted(versions, key=str.lower)) + "\n")
+deps_file.write_text("\n".join(sorted(versions, key=str.lower)) + "\n")
 EOF
-mv "$D/BUILDINFO.deps" "$STAGE/deps.txt"
 
 # --- shared libraries: libpython and the ldd closure of every ELF object in the bundle.
 elfs=("$D/bin/python$PYVER")
-while IFS= read -r -d '' so; do elfs+=("$so"); done < <(find "$PYLIB" -name '*.so' -print0)
+while IFS= read -r -d '' so; do elfs+=("$so"); done < <(find "$PYLIB" "$SITE" -name '*.so' -print0 | sort -zu)
 declare -A libs=()
 loader=
 for elf in "${elfs[@]}"; do
@@ -162,7 +178,7 @@ done
 # Debug info is most of libpython's size; the stripped copies behave the same.
 if command -v strip >/dev/null; then
   strip --strip-debug "$D/bin/python$PYVER" "$D"/lib/libpython* "$PYLIB"/lib-dynload/*.so 2>/dev/null || true
-  find "$PYLIB/site-packages" -name '*.so' -exec strip --strip-debug {} + 2>/dev/null || true
+  find "$SITE" -name '*.so' -exec strip --strip-debug {} + 2>/dev/null || true
 fi
 
 # --- launchers. $0 may be relative or a symlink (possibly to a symlink); only POSIX sh and plain
@@ -231,15 +247,29 @@ chmod 0755 "$D/install.sh"
 # Recorded source paths are those of a /opt/cni/bin install (imports fix them up wherever the bundle
 # really is), which also keeps the build directory out of the bytes.
 "$D/bin/python3" -I -m compileall -q -j0 --invalidation-mode unchecked-hash -s "$STAGE" -p /opt/cni/bin \
-  "$PYLIB" >/dev/null \
+  "$PYLIB" "$SITE" >/dev/null \
   || die "compileall failed"
 "$D/bin/python3" -I -c 'import sys; assert sys.prefix == sys.argv[1], (sys.prefix, sys.argv[1])' "$D" \
   || die "the bundled interpreter does not take its prefix from the bundle"
+# The bundle is only good if its interpreter imports pycni and its dependencies from the bundle itself
+# (isolated: no PYTHON* variable, no user site), and both launchers answer VERSION.
+"$D/bin/python3" -I -c '
+import sys
+import pycni.cli, pycni.bridge.verbs, pycni.ipam.verbs, pydantic, pyroute2
+for mod in (pycni, pydantic, pyroute2):
+    assert mod.__file__.startswith(sys.prefix + "/"), (mod.__name__, mod.__file__, sys.prefix)
+' || die "the bundled interpreter cannot import pycni from the bundle"
+for exe in pycni pycni-host-local; do
+  out=$(echo '{"cniVersion":"1.1.0"}' | env -i CNI_COMMAND=VERSION "$STAGE/$exe") \
+    || die "$exe VERSION failed: $out"
+  case $out in *'"supportedVersions"'*) ;; *) die "$exe VERSION answered: $out" ;; esac
+done
 
 {
   echo "pycni $("$D/bin/python3" -I -c 'import pycni; print(pycni.__version__)')" \
        "($(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown))"
   echo "python $("$D/bin/python3" -I -c 'import sys; print(sys.version.split()[0])') from $BASE_EXE"
+  echo "site $SITEREL"
   echo "glibc $("$D/lib/$LOADER" --version 2>/dev/null | head -1 | sed 's/.*release version //; s/\.$//')"
   echo "arch x86_64"
   cat "$STAGE/deps.txt"

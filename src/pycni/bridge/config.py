@@ -107,10 +107,8 @@ class BridgeConf(NetConf):
             raise ValueError("cannot set hairpinMode and promiscMode at the same time")
         if self.vlan and self.trunk_vlans():
             raise ValueError("cannot set vlan and vlanTrunk at the same time")
-        if self.disableContainerInterface and self.ipam and self.ipam.get("type"):
+        if self.disableContainerInterface and self.ipam_type:
             raise ValueError("cannot use ipam when disableContainerInterface is set")
-        if self.ipam is not None and not isinstance(self.ipam.get("type", ""), str):
-            raise ValueError("ipam.type must be a string")
         if self.vlan and self.isGateway:
             check_ifname(self.vlan_gateway_name, "bridge (with the '.<vlan>' suffix of the VLAN gateway)")
         return self
@@ -131,10 +129,6 @@ class BridgeConf(NetConf):
     def vlan_gateway_name(self) -> str:
         """Reference bridge: with `vlan` and `isGateway` the gateway lives on `<bridge>.<vlan>`."""
         return f"{self.bridge}.{self.vlan}"
-
-    @property
-    def ipam_type(self) -> str:
-        return str((self.ipam or {}).get("type") or "")
 
     def container_mac(self, env_mac: str | None) -> str:
         """CONVENTIONS.md: runtimeConfig.mac > args.cni.mac > CNI_ARGS MAC= (reference order)."""

@@ -17,41 +17,41 @@ import dataclasses
 import json
 import os
 import subprocess
+from typing import Any
 
-from ..spec.env import valid_name
-from ..spec.errors import DELEGATE_FAILED, INVALID_CONFIG, CNIError
+from ..spec.errors import DELEGATE_FAILED, CNIError
 from ..spec.request import Request
 from ..spec.result import Result
 
 IN_PROCESS = "pycni-host-local"
 
 
+@dataclasses.dataclass(frozen=True)
+class InProcess:
+    """pycni-host-local run in this process: its request and settings, parsed and validated once."""
+
+    request: Request
+    settings: Any  # pycni.ipam.config.IPAMConfig
+
+
 def ipam_type(req: Request) -> str:
-    value = (req.conf.ipam or {}).get("type") or ""
-    if not isinstance(value, str) or not valid_name(value):
-        raise CNIError(INVALID_CONFIG, "invalid ipam.type", repr(value)[:100])
-    return value
+    """`ipam.type`, already checked to be a plugin file name when the configuration was loaded
+    (spec.config.IPAM)."""
+    return req.conf.ipam_type
 
 
-def precheck(req: Request) -> None:
+def precheck(req: Request) -> InProcess | None:
     """Validate the IPAM configuration before ADD touches the node, when it is ours (in-process):
     a bad range or CNI_ARGS IP is then refused with nothing created. An exec'd delegate validates
-    its own configuration when it runs."""
-    if not (req.conf.ipam or {}).get("type") or ipam_type(req) != IN_PROCESS:
-        return
-    module = _in_process_module()
-    if module is None:
-        return
-    from ..ipam.config import ipam_config
-    from ..spec.config import load
-    from ..spec.env import parse_cni_args
-
-    ipam_config(load(module.Config, req.raw), parse_cni_args(req.env.args, module.KNOWN_ARGS))
+    its own configuration when it runs. The answer is passed to add() so that nothing is parsed twice."""
+    if ipam_type(req) != IN_PROCESS:
+        return None
+    return _in_process(req)
 
 
-def add(req: Request) -> Result:
+def add(req: Request, local: InProcess | None = None) -> Result:
     """SPEC.md "ADD" on the delegate: returns its result (any version, converted)."""
-    out = _call(req, "ADD")
+    out = _call(req, "ADD", local)
     if isinstance(out, Result):
         return out
     if not out:
@@ -59,8 +59,8 @@ def add(req: Request) -> Result:
     return Result.parse(out)
 
 
-def delete(req: Request) -> None:
-    _call(req, "DEL")
+def delete(req: Request, local: InProcess | None = None) -> None:
+    _call(req, "DEL", local)
 
 
 def check(req: Request) -> None:
@@ -75,34 +75,27 @@ def gc(req: Request) -> None:
     _call(req, "GC")
 
 
-def _call(req: Request, verb: str) -> Result | dict | None:
+def _call(req: Request, verb: str, local: InProcess | None = None) -> Result | dict | None:
     name = ipam_type(req)
     if name == IN_PROCESS:
-        module = _in_process_module()
-        if module is not None:
-            return _call_in_process(module, req, verb)
+        from ..ipam import verbs as host_local
+
+        local = local or _in_process(req)
+        sub = dataclasses.replace(local.request, env=dataclasses.replace(local.request.env, command=verb))
+        func = {"ADD": "add", "DEL": "delete", "CHECK": "check", "STATUS": "status", "GC": "gc"}[verb]
+        return getattr(host_local, func)(sub, local.settings)
     return _exec(name, req, verb)
 
 
-def _in_process_module():
-    try:
-        from importlib import import_module
-
-        return import_module("pycni.ipam.verbs")
-    except ImportError:
-        return None  # not installed: exec the executable of that name instead
-
-
-def _call_in_process(module, req: Request, verb: str) -> Result | None:
+def _in_process(req: Request) -> InProcess:
+    from ..ipam import verbs as host_local
     from ..spec.config import load
     from ..spec.env import parse_cni_args
 
-    env = dataclasses.replace(req.env, command=verb)
-    conf = load(module.Config, req.raw)
-    sub = Request(env=env, conf=conf, raw=req.raw, stdin=req.stdin, version=req.version,
-                  cni_args=parse_cni_args(env.args, module.KNOWN_ARGS))
-    func = {"ADD": "add", "DEL": "delete", "CHECK": "check", "STATUS": "status", "GC": "gc"}[verb]
-    return getattr(module, func)(sub)
+    conf = load(host_local.Config, req.raw)
+    sub = Request(env=req.env, conf=conf, raw=req.raw, stdin=req.stdin, version=req.version,
+                  cni_args=parse_cni_args(req.env.args, host_local.KNOWN_ARGS), environ=req.environ)
+    return InProcess(sub, host_local.settings(sub))
 
 
 def find_in_path(name: str, paths: tuple[str, ...]) -> str:

@@ -85,7 +85,7 @@ def add(req: Request) -> Result:
     # Everything that can be refused without touching the node is refused first, so that a bad
     # request creates nothing (not even the bridge, which no rollback removes).
     conf.prev_result()
-    ipam_delegate.precheck(req)
+    local_ipam = ipam_delegate.precheck(req)
     undo = Rollback()
     try:
         pod = links.Pod(req.netns)
@@ -95,8 +95,8 @@ def add(req: Request) -> Result:
         faults.point("bridge.add.start")
         ours = _plumb(req, conf, pod, undo)
         if conf.ipam_type:
-            ipam = ipam_delegate.add(req)
-            undo.push("IPAM allocation", lambda: ipam_delegate.delete(_as_verb(req, "DEL")))
+            ipam = ipam_delegate.add(req, local_ipam)
+            undo.push("IPAM allocation", lambda: ipam_delegate.delete(_as_verb(req, "DEL"), local_ipam))
             faults.point("bridge.add.ipam")
             _layer3(req, conf, pod, ours, ipam, undo)
         elif not conf.disableContainerInterface:

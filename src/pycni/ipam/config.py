@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
-from ..spec.config import Model, NetConf
+from ..spec.config import IPAM, IPRange, NetConf
 from ..spec.env import CniArgs, valid_name
 from ..spec.errors import INVALID_CONFIG, INVALID_ENV, CNIError
 from ..spec.result import Route
@@ -23,16 +23,10 @@ from .ranges import IPAddress, Range, RangeSet, parse_ip
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 
 
-class RangeModel(Model):
-    subnet: str = ""
-    rangeStart: str | None = None
-    rangeEnd: str | None = None
-    gateway: str | None = None
+class IPAMModel(IPAM):
+    """host-local's `ipam` object (the reference's IPAMConfig), `type` included (spec.config.IPAM)."""
 
-
-class IPAMModel(Model):
-    type: str
-    ranges: list[list[RangeModel]] = Field(default_factory=list)
+    ranges: list[list[IPRange]] = Field(default_factory=list)
     subnet: str = ""  # legacy single range
     rangeStart: str | None = None
     rangeEnd: str | None = None
@@ -45,7 +39,7 @@ class IPAMModel(Model):
 class Config(NetConf):
     """The network configuration as host-local sees it: only `ipam` matters."""
 
-    ipam: IPAMModel  # type: ignore[assignment]
+    ipam: IPAMModel
 
 
 @dataclass(frozen=True)
@@ -62,13 +56,13 @@ class IPAMConfig:
 
 def _range_sets(conf: Config) -> list[RangeSet]:
     ipam = conf.ipam
-    raw_sets: list[list[RangeModel]] = []
+    raw_sets: list[list[IPRange]] = []
     if conf.runtimeConfig.ipRanges:
         # CONVENTIONS.md "ipRanges": the runtime's ranges replace the configured ones.
-        raw_sets = [[RangeModel.model_validate(r) for r in rs] for rs in conf.runtimeConfig.ipRanges]
+        raw_sets = conf.runtimeConfig.ipRanges
     else:
         if ipam.subnet:
-            raw_sets.append([RangeModel(subnet=ipam.subnet, rangeStart=ipam.rangeStart, rangeEnd=ipam.rangeEnd,
+            raw_sets.append([IPRange(subnet=ipam.subnet, rangeStart=ipam.rangeStart, rangeEnd=ipam.rangeEnd,
                                         gateway=ipam.gateway)])
         raw_sets.extend(ipam.ranges)
     if not raw_sets:

@@ -59,18 +59,18 @@ class Range:
         lo = parse_ip(start, f"{where}.rangeStart") if start not in (None, "") else first
         hi = parse_ip(end, f"{where}.rangeEnd") if end not in (None, "") else last
         for label, addr in (("rangeStart", lo), ("rangeEnd", hi)):
-            if addr.version != net.version or not (first <= addr <= last):
+            if addr.version != net.version or not (int(first) <= int(addr) <= int(last)):
                 raise CNIError(INVALID_CONFIG, f"{where}: {label} {addr} not in network {net}")
-        if lo > hi:
+        if int(lo) > int(hi):  # same family (checked above)
             raise CNIError(INVALID_CONFIG, f"{where}: rangeStart {lo} is after rangeEnd {hi}")
         return cls(net, lo, hi, gw)
 
     def contains(self, ip: IPAddress) -> bool:
-        return ip.version == self.subnet.version and self.start <= ip <= self.end
+        return ip.version == self.subnet.version and int(self.start) <= int(ip) <= int(self.end)
 
     def overlaps(self, other: Range) -> bool:
         return (self.subnet.version == other.subnet.version
-                and self.start <= other.end and other.start <= self.end)
+                and int(self.start) <= int(other.end) and int(other.start) <= int(self.end))
 
     def __str__(self) -> str:
         return f"{self.start}-{self.end}"
@@ -119,7 +119,7 @@ class RangeSet:
         if last_reserved is not None:
             for idx, r in enumerate(ranges):
                 if r.contains(last_reserved):
-                    if last_reserved < r.end:
+                    if int(last_reserved) < int(r.end):
                         first_range, first_ip = idx, int(last_reserved) + 1
                     else:
                         first_range = (idx + 1) % len(ranges)

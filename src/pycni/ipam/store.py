@@ -157,7 +157,7 @@ class DiskStore:
         self.close()
 
     def open(self) -> None:
-        self._watch: _Watch | None = None
+        self._watch = None
         try:
             if self._create:
                 os.makedirs(self.data_dir, mode=0o755, exist_ok=True)

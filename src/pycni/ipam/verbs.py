@@ -18,19 +18,21 @@ from .config import Config, IPAMConfig, ipam_config
 from .ranges import parse_ip
 from .store import DiskStore
 
-__all__ = ["KNOWN_ARGS", "Config", "add", "check", "delete", "gc", "status"]
+__all__ = ["KNOWN_ARGS", "Config", "add", "check", "delete", "gc", "settings", "status"]
 
 # CNI_ARGS keys host-local understands (the reference's IPAMArgs): IP=addr[,addr...]
 KNOWN_ARGS = frozenset({"IP"})
 
 
-def _config(req: Request[Config]) -> IPAMConfig:
+def settings(req: Request[Config]) -> IPAMConfig:
+    """The request's validated host-local settings. Every verb takes them as `cfg` when its caller
+    already has them (the bridge validates before ADD touches the node), so they are built once."""
     return ipam_config(req.conf, req.cni_args)
 
 
-def add(req: Request[Config]) -> Result:
+def add(req: Request[Config], cfg: IPAMConfig | None = None) -> Result:
     """SPEC.md "ADD": one address per range set for (CNI_CONTAINERID, CNI_IFNAME), plus routes and DNS."""
-    cfg = _config(req)
+    cfg = cfg or settings(req)
     dns = parse_resolv_conf(cfg.resolv_conf) if cfg.resolv_conf else DNS()
     with DiskStore(cfg.data_dir, cfg.network) as store:
         faults.point("ipam.add.locked")
@@ -39,9 +41,9 @@ def add(req: Request[Config]) -> Result:
     return Result(cniVersion=req.version, ips=ips, routes=list(cfg.routes), dns=dns)
 
 
-def delete(req: Request[Config]) -> None:
+def delete(req: Request[Config], cfg: IPAMConfig | None = None) -> None:
     """SPEC.md "DEL": release every lease of the attachment; nothing to release is success."""
-    cfg = _config(req)
+    cfg = cfg or settings(req)
     store = DiskStore(cfg.data_dir, cfg.network, create=False)
     if not store.exists():
         return  # DEL must not create state
@@ -50,9 +52,9 @@ def delete(req: Request[Config]) -> None:
         allocator.release(store, req.container_id, req.ifname)
 
 
-def check(req: Request[Config]) -> None:
+def check(req: Request[Config], cfg: IPAMConfig | None = None) -> None:
     """SPEC.md "CHECK": the attachment holds a lease, and every prevResult address in our ranges is its."""
-    cfg = _config(req)
+    cfg = cfg or settings(req)
     store = DiskStore(cfg.data_dir, cfg.network, create=False)
     if not store.exists():
         raise CNIError(CHECK_FAILED, f"host-local: failed to find address added by container {req.container_id}")
@@ -67,10 +69,10 @@ def check(req: Request[Config]) -> None:
             raise CNIError(CHECK_FAILED, f"host-local: {addr} is not leased to {req.container_id}/{req.ifname}")
 
 
-def status(req: Request[Config]) -> None:
+def status(req: Request[Config], cfg: IPAMConfig | None = None) -> None:
     """SPEC.md "STATUS": code 50 when an ADD could not succeed - the store cannot be created or written,
     or a range set has no free address (every address leased). Creates nothing."""
-    cfg = _config(req)
+    cfg = cfg or settings(req)
     store = DiskStore(cfg.data_dir, cfg.network, create=False)
     if store.exists():
         try:
@@ -92,11 +94,11 @@ def status(req: Request[Config]) -> None:
         raise CNIError(STATUS_NOT_AVAILABLE, "host-local: cannot create the IPAM store", cfg.data_dir)
 
 
-def gc(req: Request[Config]) -> None:
+def gc(req: Request[Config], cfg: IPAMConfig | None = None) -> None:
     """SPEC.md "GC": release every lease whose attachment is not valid (pycni.spec.gc reads the list,
     the same reading as the bridge's). List and config are validated before the store is touched."""
     valid = valid_attachments(req.raw)
-    cfg = _config(req)
+    cfg = cfg or settings(req)
     store = DiskStore(cfg.data_dir, cfg.network, create=False)
     if not store.exists():
         return

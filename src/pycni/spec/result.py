@@ -30,14 +30,22 @@ def _network(value: str) -> str:
     return str(ipaddress.ip_network(value, strict=False))
 
 
+# Route attributes are kernel u32s (RTAX_MTU, RTAX_ADVMSS, RTA_PRIORITY, RTA_TABLE; IFLA_MTU), the
+# scope a u8 (rtm_scope): a larger number is an invalid configuration, not a netlink failure.
+U32_MAX = 2**32 - 1
+U8_MAX = 255
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=False)
+    """Strict like the Go types (types/100, types/040...) that libcni decodes results into."""
+
+    model_config = ConfigDict(extra="ignore", frozen=False, strict=True)
 
 
 class Interface(_Model):
     name: str
     mac: str = ""
-    mtu: int | None = Field(default=None, ge=0)
+    mtu: int | None = Field(default=None, ge=0, le=U32_MAX)
     sandbox: str = ""
     socketPath: str = ""
     pciID: str = ""
@@ -92,11 +100,11 @@ class IPConfig(_Model):
 class Route(_Model):
     dst: str
     gw: str | None = None
-    mtu: int | None = Field(default=None, ge=0)
-    advmss: int | None = Field(default=None, ge=0)
-    priority: int | None = Field(default=None, ge=0)
-    table: int | None = Field(default=None, ge=0)
-    scope: int | None = Field(default=None, ge=0, le=255)
+    mtu: int | None = Field(default=None, ge=0, le=U32_MAX)
+    advmss: int | None = Field(default=None, ge=0, le=U32_MAX)
+    priority: int | None = Field(default=None, ge=0, le=U32_MAX)
+    table: int | None = Field(default=None, ge=0, le=U32_MAX)
+    scope: int | None = Field(default=None, ge=0, le=U8_MAX)
 
     @field_validator("dst")
     @classmethod
@@ -199,7 +207,8 @@ class Result(_Model):
 
 def _from_020(data: dict) -> dict:
     """0.2.0 had {"ip4": {"ip", "gateway", "routes"}, "ip6": {...}, "dns"}."""
-    ips, routes = [], []
+    ips: list[dict] = []
+    routes: list = []
     for key in ("ip4", "ip6"):
         block = data.get(key)
         if not block:
