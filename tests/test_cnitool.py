@@ -14,9 +14,9 @@ import json
 
 import pytest
 from test_bridge_support import Env, bridge_run_dir_cleanup, needs_root
-from test_gc import CNITOOL, DRIVER, Libcni
+from test_gc import CNITOOL, DRIVER, lib
 
-__all__ = ["bridge_run_dir_cleanup"]
+__all__ = ["bridge_run_dir_cleanup", "lib"]  # fixtures, imported to register them
 
 pytestmark = [needs_root, pytest.mark.root]
 
@@ -31,8 +31,7 @@ def _error(proc) -> dict:
     return json.loads(proc.stderr.strip().splitlines()[-1])
 
 
-def test_add_check_status_gc_del(env):
-    lib = Libcni(env)
+def test_add_check_status_gc_del(env, lib):
     conflist = json.loads((lib.confdir / "10-gc.conflist").read_text())
     conflist["plugins"][0]["capabilities"] = {"ips": True}  # libcni passes CAP_ARGS only for these
     (lib.confdir / "10-gc.conflist").write_text(json.dumps(conflist))
@@ -53,8 +52,7 @@ def test_add_check_status_gc_del(env):
     assert res.returncode == 0, res.stderr
 
 
-def test_status_pool_exhausted_is_50(env):
-    lib = Libcni(env)
+def test_status_pool_exhausted_is_50(env, lib):
     conflist = json.loads((lib.confdir / "10-gc.conflist").read_text())
     conflist["plugins"][0]["ipam"]["ranges"] = [[{"subnet": "10.77.0.0/30"}]]  # one address: .2
     (lib.confdir / "10-gc.conflist").write_text(json.dumps(conflist))
@@ -70,16 +68,14 @@ def test_status_pool_exhausted_is_50(env):
     assert lib(CNITOOL, "status", lib.name, pod.path).returncode == 0
 
 
-def test_status_bridge_taken_is_50(env):
-    lib = Libcni(env)
+def test_status_bridge_taken_is_50(env, lib):
     env.node_cmd("ip", "link", "add", "cni0", "type", "veth", "peer", "name", "other0")
     err = _error(lib(DRIVER, "status", lib.name))
     assert err["code"] == 50 and "not a bridge" in err["msg"], err
 
 
 @pytest.mark.parametrize("damage", ["bridge-deleted", "bridge-down", "veth-detached"])
-def test_status_attachments_cut_off_is_51(env, damage):
-    lib = Libcni(env)
+def test_status_attachments_cut_off_is_51(env, lib, damage):
     pod = env.pod()
     assert lib(CNITOOL, "add", lib.name, pod.path).returncode == 0
     veth = next(iter(lib.veths()))

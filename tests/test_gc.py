@@ -276,12 +276,20 @@ class Libcni:
         return {name for name in self.env.links() if name.startswith("veth")}
 
 
+@pytest.fixture
+def lib(env):
+    """A Libcni network; whatever a failed test left in libcni's machine-wide cache for it is removed."""
+    network = Libcni(env)
+    yield network
+    for entry in Path("/var/lib/cni/results").glob(f"{network.name}-*"):
+        entry.unlink()
+
+
 @needs_root
 @pytest.mark.root
-def test_cnitool_gc_removes_every_attachment(env):
+def test_cnitool_gc_removes_every_attachment(env, lib):
     """`cnitool gc <net> <netns>` as upstream documents it: libcni DELs each cached attachment, then sends
     GC without any list; the plugin removes what libcni did not know of (an attachment ADDed outside it)."""
-    lib = Libcni(env)
     pods = [env.pod(), env.pod()]
     for pod in pods:
         res = lib(CNITOOL, "add", lib.name, pod.path)
@@ -297,10 +305,9 @@ def test_cnitool_gc_removes_every_attachment(env):
 
 @needs_root
 @pytest.mark.root
-def test_driver_gc_with_a_list_and_with_a_nil_list(env):
+def test_driver_gc_with_a_list_and_with_a_nil_list(env, lib):
     """GCNetworkList with GCArgs: libcni DELs the cached attachments not listed and sends the list under both
     keys (agreeing); a Go nil list arrives as null under both keys: nothing is valid."""
-    lib = Libcni(env)
     cache = {"CNI_CACHE_DIR": str(env.tmp / "cache")}
     pods = [env.pod() for _ in range(3)]
     for pod in pods:
@@ -320,10 +327,9 @@ def test_driver_gc_with_a_list_and_with_a_nil_list(env):
 
 @needs_root
 @pytest.mark.root
-def test_driver_gc_malformed_list_refused_by_plugin(env):
+def test_driver_gc_malformed_list_refused_by_plugin(env, lib):
     """A request libcni would never send, handed to the plugins through a conflist's own keys: refused (7)
     with nothing removed - pycni does not trust its caller to be libcni."""
-    lib = Libcni(env)
     pod = env.pod()
     assert lib(DRIVER, "add", lib.name, pod.path, env={"CNI_CONTAINERID": pod.cid,
                                                       "CNI_CACHE_DIR": str(env.tmp / "cache")}).returncode == 0
