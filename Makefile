@@ -13,8 +13,8 @@ PYTEST_ARGS ?=
 # NATIVE_SHIM=1: the installed executables are a ~1 ms C shim in front of the daemon
 NATIVE_SHIM ?= 0
 
-.PHONY: all deps venv build install uninstall test test-unit test-agent test-cluster test-portable kind-e2e check demo \
-	clean bundle stress bench
+.PHONY: all deps venv build install uninstall test test-unit test-agent test-cluster test-portable kind-e2e cluster-up \
+	cluster-down check demo clean bundle stress bench conformance e2e-build bench-netpol
 
 all: venv build
 
@@ -75,13 +75,32 @@ test: deps venv build
 
 # Subsets: the node agent; the three-node docker cluster; a real kind cluster (needs kind, kubectl, images).
 test-agent: venv
-	$(VPY) -m pytest -q tests/test_agent_unit.py tests/test_agent_netns.py tests/test_kind_packaging.py
+	$(VPY) -m pytest -q tests/test_agent_unit.py tests/test_agent_netns.py tests/test_kind_packaging.py \
+	  tests/test_netpol_unit.py tests/test_netpol_netns.py
 
 test-cluster: deps venv
 	$(VPY) -m pytest -q -m cluster integration/kindlab
 
+# A real kind cluster (1 control plane + 2 workers) whose pod network is pycni (integration/kind/README.md).
+# PYCNI_KIND_MODE=offline (default): Kubernetes, kind and the node image built here (integration/k8s), our own
+# dockerd; PYCNI_KIND_MODE=registry: the docker, kind and kubectl on PATH and kind's published node image.
+cluster-up: bundle
+	bash integration/kind/cluster.sh up
+
+cluster-down:
+	bash integration/kind/cluster.sh down
+
+# cluster-up, every e2e check (integration/kind/e2e.py), cluster-down - also on failure.
 kind-e2e: bundle
 	bash integration/kind/run-e2e.sh
+
+# Kubernetes' own e2e suites (integration/e2e): e2e.test and its images built here (cached under /var/cache/pycni),
+# then sig-network conformance and NetworkPolicy against the cluster of `make cluster-up`; JUnit in build/e2e/.
+e2e-build:
+	bash integration/e2e/build.sh all
+
+conformance: e2e-build
+	bash integration/e2e/run.sh all
 
 # Portable builds: `make venv`, `make install` and `make bundle` from another CPython >= 3.11 - by default
 # Debian 12's own /usr/bin/python3 (static libpython, dist-packages) - then the bundle tests run on that
@@ -104,6 +123,10 @@ test-portable: deps venv
 # pycni against the Go reference plugins, same machine, same run (docs/performance.md); as root.
 bench: venv build
 	$(VPY) bench/bench.py
+
+# NetworkPolicy: compile and load cost for synthetic clusters (docs/networkpolicy.md "Cost"); root.
+bench-netpol: venv
+	$(VPY) bench/netpol_scale.py
 
 # Reliability at scale (docs/reliability.md): crash sweep + a 5,000-operation storm with SIGKILLs; root.
 STRESS_ARGS ?=

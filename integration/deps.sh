@@ -18,10 +18,12 @@
 #                                 `strip` for the bundle; libc-bin (ldd) is essential already
 #   openssl                       the node agent tests' fake API server certificate
 #   git                           version stamps (bundle BUILDINFO)
+#   socat                         make cluster-up: the kind API server's port, from the host's loopback into
+#                                 that namespace
 set -euo pipefail
 PKGS=(make ca-certificates python3 python3-venv containernetworking-plugins
       iproute2 util-linux nftables iptables iputils-ping procps gcc libc6-dev binutils openssl git
-      busybox-static containerd runc podman conmon docker.io)
+      busybox-static containerd runc podman conmon docker.io socat)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -25,7 +25,7 @@ die() { log "error: $*"; exit 1; }
 hash_of() {
   local a
   for a in "$@"; do
-    if [[ $a == @* ]]; then sha256sum "${a#@}"; else echo "$a"; fi
+    if [[ $a == @* ]]; then sha256sum <"${a#@}"; else echo "$a"; fi  # content only: any clone shares the cache
   done | sha256sum | cut -c1-16
 }
 

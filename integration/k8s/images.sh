@@ -78,13 +78,18 @@ slice() {
   for p in "$@"; do
     mkdir -p "$dest/$(dirname "$p")"
     cp -a "$root$p" "$dest/$(dirname "$p")/"
-    if [ -f "$root$p" ] && [ ! -L "$root$p" ]; then
-      for lib in $(chroot "$root" ldd "$p" 2>/dev/null | grep -oE '/[^ ]+\.so[^ ]*' | sort -u); do
+    # the shared libraries of the file, or of every regular file in the directory (xtables' match modules
+    # dlopen()ed by iptables-restore need libm: kube-proxy's `statistic` match)
+    local f files=()
+    if [ -f "$root$p" ] && [ ! -L "$root$p" ]; then files=("$p")
+    elif [ -d "$root$p" ] && [ ! -L "$root$p" ]; then mapfile -t files < <(cd "$root" && find ".$p" -type f | sed 's/^\.//'); fi
+    for f in "${files[@]}"; do
+      for lib in $(chroot "$root" ldd "$f" 2>/dev/null | grep -oE '/[^ ]+\.so[^ ]*' | sort -u); do
         [ -e "$dest$lib" ] && continue
         mkdir -p "$dest/$(dirname "$lib")"
         cp -L "$root$lib" "$dest$lib"
       done
-    fi
+    done
   done
 }
 

@@ -1,11 +1,34 @@
 #!/bin/sh
-# pycni agent in a DaemonSet pod (hostNetwork, privileged): installs the bundle into the node's CNI bin
-# dir (hostPath /host/opt/cni/bin), routes the other nodes' pod CIDRs, masquerades cluster egress and
-# writes /host/etc/cni/net.d/10-pycni.conflist - from the Kubernetes API read with the pod's service
-# account. Env: NODE_NAME (downward API), CLUSTER_CIDR, AGENT_INTERVAL (seconds, default 30),
-# CNI_VERSION (default 1.0.0), EXTRA_ARGS.
+# The pycni DaemonSet image's entrypoint (integration/kind/images.sh builds the image).
+#
+#   entrypoint.sh             the agent (hostNetwork, privileged): installs the bundle into the node's CNI bin dir
+#                             (hostPath /host/opt/cni/bin), routes the other nodes' pod CIDRs, masquerades cluster
+#                             egress and writes /host/etc/cni/net.d/10-pycni.conflist - from the Kubernetes API
+#                             read with the pod's service account. /tmp/pycni-agent-ready exists while its last
+#                             round succeeded (the agent container's readiness probe).
+#   entrypoint.sh daemon [ARGS]  the warm-path daemon on /run/pycni/pycni.sock (docs/performance.md), ARGS added
+#                             (--metrics-address ...); on SIGTERM it drains for DAEMON_GRACE seconds (default 20:
+#                             keep terminationGracePeriodSeconds above it).
+#   entrypoint.sh daemon-ready  the daemon container's readiness probe: exit 0 when the daemon serves a request
+#                             over its socket (a CNI VERSION), 1 when it does not answer or refuses.
+#
+# Env: NODE_NAME (downward API), CLUSTER_CIDR, AGENT_INTERVAL (seconds, default 30), CNI_VERSION (default 1.0.0),
+# EXTRA_ARGS (more agent arguments), DAEMON_GRACE.
 set -eu
 B=${BUNDLE_DIR:-/bundle}
+case ${1:-agent} in
+  daemon)
+    shift
+    exec "$B/pycni" daemon --socket /run/pycni/pycni.sock --grace "${DAEMON_GRACE:-20}" "$@" ;;
+  daemon-ready)
+    exec "$B/pycni.d/bin/python3" -I -c '
+import sys
+from pycni.daemon import client
+answer = client.call("pycni", {"CNI_COMMAND": "VERSION"}, b"{\"cniVersion\": \"1.0.0\"}")
+sys.exit(0 if answer is not None and answer[0] == 0 else 1)' ;;
+  agent) ;;
+  *) echo "usage: entrypoint.sh [agent|daemon|daemon-ready]" >&2; exit 2 ;;
+esac
 # `pycni agent` once pycni's CLI dispatches it; until then the same code through the bundled python3.
 if "$B/pycni" agent --help </dev/null >/dev/null 2>&1; then
   set -- "$B/pycni" agent
@@ -16,4 +39,4 @@ fi
 exec "$@" --kube --node-name "${NODE_NAME:?NODE_NAME must be set (downward API spec.nodeName)}" \
   --bundle-dir "$B" --cni-bin-dir /host/opt/cni/bin --cni-conf-dir /host/etc/cni/net.d \
   --cluster-cidr "${CLUSTER_CIDR:?CLUSTER_CIDR must be set}" --interval "${AGENT_INTERVAL:-30}" \
-  --cni-version "${CNI_VERSION:-1.0.0}" ${EXTRA_ARGS:-}
+  --cni-version "${CNI_VERSION:-1.0.0}" --ready-file /tmp/pycni-agent-ready ${EXTRA_ARGS:-}

@@ -36,6 +36,7 @@ class Pod:
 
 class Cluster(Protocol):
     name: str
+    namespace: str  # where the test pods and Services live
     supports: frozenset[str]  # optional checks: "service", "dns"
 
     def nodes(self) -> list[str]: ...
@@ -139,12 +140,28 @@ def check_service(cluster: Cluster, pods: dict[str, Pod]) -> None:
         cluster.delete_service("pycni-e2e-svc")
 
 
+def resolve(cluster: Cluster, pod: Pod, name: str) -> list[str]:
+    """The addresses busybox `nslookup NAME` prints for NAME's answer (the lines after "Name:"), not the
+    "Server:"/"Address:" header that names the DNS server itself."""
+    rc, out = cluster.exec(pod, ["nslookup", name])
+    if rc != 0:
+        raise CheckFailed(f"nslookup {name} in {pod.name}: rc={rc} {out.strip()[-300:]}")
+    answer = out.split("Name:", 1)[1] if "Name:" in out else ""
+    return [line.split(":", 1)[1].strip() for line in answer.splitlines() if line.strip().startswith("Address")]
+
+
 def check_dns(cluster: Cluster, pods: dict[str, Pod]) -> None:
-    def once():
-        rc, out = cluster.exec(pods["a1"], ["nslookup", "kubernetes.default.svc.cluster.local"])
-        if rc != 0 or "Address" not in out:
-            raise CheckFailed(f"nslookup: rc={rc} {out.strip()[-300:]}")
-    _retry(once, "DNS", timeout=60, interval=2)
+    """A pod resolves a Service's name through the cluster DNS to exactly that Service's ClusterIP."""
+    ip = cluster.service("pycni-e2e-dns", pods["b1"], HTTP_PORT)
+    name = f"pycni-e2e-dns.{cluster.namespace}.svc.cluster.local"
+    try:
+        def once():
+            got = resolve(cluster, pods["a1"], name)
+            if got != [ip]:
+                raise CheckFailed(f"{name} resolved to {got}, expected the ClusterIP [{ip}]")
+        _retry(once, "DNS", timeout=60, interval=2)
+    finally:
+        cluster.delete_service("pycni-e2e-dns")
 
 
 def start_pods(cluster: Cluster) -> dict[str, Pod]:
@@ -163,15 +180,17 @@ def start_pods(cluster: Cluster) -> dict[str, Pod]:
 
 
 def check_cleanup(cluster: Cluster, pods: dict[str, Pod]) -> None:
-    """Deleting the pods leaves no lease on any node (CNI DEL reached pycni-host-local)."""
+    """Deleting the pods leaves none of *their* leases on any node (CNI DEL reached pycni-host-local).
+    Other pods' leases (CoreDNS, a storage provisioner, the next test) are not counted."""
+    ours = {p.ip for p in pods.values()}
     for pod in pods.values():
         cluster.delete_pod(pod)
 
     def once():
-        left = {node: cluster.leases(node) for node in cluster.nodes()}
+        left = {node: sorted(ours & set(cluster.leases(node))) for node in cluster.nodes()}
         left = {k: v for k, v in left.items() if v}
         if left:
-            raise CheckFailed(f"leases left after deleting every pod: {left}")
+            raise CheckFailed(f"leases of the deleted pods left: {left}")
     _retry(once, "leases released", timeout=60, interval=1)
 
 

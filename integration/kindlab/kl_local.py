@@ -52,6 +52,7 @@ def build_bundle(out: Path) -> Path:
 class LocalCluster:
     name = "local docker nodes"
     supports = frozenset()  # no kube-proxy, no CoreDNS: Service and DNS checks are kind-only
+    namespace = "default"
 
     def __init__(self, cleanup: Cleanup, n_nodes: int = 3, bundle: Path | None = None) -> None:
         self.cleanup = cleanup

@@ -31,7 +31,7 @@ _VERB_FUNCS = {"ADD": "add", "DEL": "delete", "CHECK": "check", "STATUS": "statu
 # `pycni <name> ...` -> "module:function" taking the remaining argv and returning an exit status.
 SUBCOMMANDS = {"daemon": "pycni.daemon.server:main", "agent": "pycni.agent.main:main",
                "leases": "pycni.inspect.leases:main", "status": "pycni.inspect.status:main",
-               "gc": "pycni.inspect.gc_preview:main"}
+               "gc": "pycni.inspect.gc_preview:main", "netpol": "pycni.agent.netpol_main:main"}
 
 MAX_STDIN = 1 << 20  # spec.env.MAX_CONFIG_BYTES (a test keeps them equal; spec.env is not imported here)
 

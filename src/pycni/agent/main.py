@@ -8,7 +8,8 @@ use a half-prepared node:
    `net.bridge.bridge-nf-call-ip{,6}tables` where br_netfilter is loaded (Services on the same bridge);
 3. routes to every other node's pod CIDR (routes.py, proto 156);
 4. masquerading of cluster egress (masq.py);
-5. --cni-conf-dir/10-pycni.conflist, last: its appearance is what makes the node's network ready.
+5. --cni-conf-dir/10-pycni.conflist, last: its appearance is what makes the node's network ready;
+6. with --cri-socket: leases of sandboxes the runtime no longer lists are released (stale.py).
 
 Every step is idempotent and only acts on a difference, so a round with nothing to do costs a few
 netlink dumps and one `nft list`. Between rounds the agent waits --interval seconds - with --kube on
@@ -33,10 +34,13 @@ import threading
 import time
 
 from .. import logfmt, runstate
-from . import conflist, install, masq, routes
+from . import conflist, install, masq, routes, stale, sysctl
 from .nodes import SA_DIR, FileSource, KubeClient, KubeSource, NodeList, NodeSourceError
 
 log = logging.getLogger("pycni.agent")
+BR_NETFILTER_MISSING = ("br_netfilter is not loaded in this node's kernel (no /proc/sys/net/bridge): a Service "
+                        "whose backend is on the client's own node gets answers it cannot match; "
+                        "load it on the host: modprobe br_netfilter")
 
 
 class _Interrupted(BaseException):
@@ -72,6 +76,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--mtu", type=int, default=0)
     p.add_argument("--plugin-log-file", default="", help="logFile for the bridge plugin in the conflist")
     p.add_argument("--log-level", default=os.environ.get("PYCNI_AGENT_LOG_LEVEL", "INFO"))
+    p.add_argument("--cri-socket", default=os.environ.get("CRI_SOCKET", ""),
+                   help="the runtime's CRI socket: release leases of sandboxes it no longer has (stale.py; "
+                   "default $CRI_SOCKET, off when empty)")
+    p.add_argument("--stale-lease-grace", type=float, default=120.0,
+                   help="seconds a lease must exist before it can count as stale (default 120)")
+    p.add_argument("--ready-file", default="", help="exists exactly while the last round succeeded (a "
+                   "readiness probe tests it); removed on errors and on exit")
     p.add_argument("--state-file", default=runstate.DEFAULT_AGENT_STATE,
                    help="where `pycni status` and the daemon's metrics read the last round (default %(default)s; "
                    "empty: none)")
@@ -89,17 +100,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _sysctl(path: str, value: str) -> None:
-    full = os.path.join("/proc/sys", path)
+def _mark_ready(path: str, ready: bool) -> None:
+    """The readiness file: present while this node is fully prepared (bundle installed, routes, masquerade,
+    conflist written), absent otherwise."""
+    if not path:
+        return
     try:
-        with open(full) as f:
-            if f.read().strip() == value:
-                return
-        with open(full, "w") as f:
-            f.write(value)
-        log.info("set %s = %s", path.replace("/", "."), value)
+        if ready:
+            with open(path, "w") as f:
+                f.write(f"{time.time():.0f}\n")
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
     except OSError as exc:
-        log.warning("cannot set %s: %s", path, exc)
+        log.warning("ready file %s: %s", path, exc)
 
 
 class Agent:
@@ -108,6 +123,7 @@ class Agent:
         self.masq = masq.backend(args.masq_backend) if not args.cleanup else None
         self.bundle_digest: str | None = None
         self.last_version = ""
+        self.said_br_netfilter = False
         self.state = runstate.AgentState(args.state_file) if args.state_file and not args.cleanup else None
         self.last_plan: routes.Plan | None = None
         if args.kube:
@@ -141,14 +157,20 @@ class Agent:
             status["errors"].append(f"node {a.node_name!r} has no pod CIDR yet")
         versions = {4 if ":" not in c else 6 for c in pod_cidrs}
         if 4 in versions or not versions:
-            _sysctl("net/ipv4/ip_forward", "1")
+            sysctl.ensure("net/ipv4/ip_forward", "1")
         if 6 in versions:
-            _sysctl("net/ipv6/conf/all/forwarding", "1")
+            sysctl.ensure("net/ipv6/conf/all/forwarding", "1")
         # kube-proxy (iptables/nftables) must see bridged pod-to-pod traffic, or a Service whose backend is on
         # the client's own bridge answers with the backend's address (un-DNATed). Only when br_netfilter is loaded.
-        for fam in ("iptables", "ip6tables"):
-            if os.path.exists(f"/proc/sys/net/bridge/bridge-nf-call-{fam}"):
-                _sysctl(f"net/bridge/bridge-nf-call-{fam}", "1")
+        # Without br_netfilter (a module of the node's kernel: a pod cannot load it) that case is broken: said
+        # once in the log and in every status, not an error (everything else works).
+        if not os.path.exists("/proc/sys/net/bridge"):
+            status["warnings"] = [BR_NETFILTER_MISSING]
+            if not self.said_br_netfilter:
+                log.warning("%s", BR_NETFILTER_MISSING)
+                self.said_br_netfilter = True
+        else:
+            sysctl.bridge_netfilter()
 
         want = routes.desired(nodes.nodes, a.node_name)
         status["errors"] += want.problems
@@ -176,6 +198,10 @@ class Agent:
                                        log_file=a.plugin_log_file)
                 if conflist.write_atomic(path, conflist.dumps(conf)):
                     status["changes"].append(f"wrote {path}")
+                if a.cri_socket:
+                    swept = stale.reconcile(conf, a.cri_socket, a.cni_bin_dir, a.stale_lease_grace)
+                    status["changes"] += swept.released
+                    status["errors"] += swept.errors
             except (OSError, ValueError) as exc:
                 status["errors"].append(f"conflist: {exc}")
             status["conflist"] = path
@@ -210,6 +236,7 @@ class Agent:
             if a.once:
                 print(json.dumps(status, sort_keys=True))
                 return 0 if ok else 1
+            _mark_ready(a.ready_file, ok)
             self.last_version = nodes.version
             self._wait(stop, waiting, nodes.version, a.interval)
             # a watch that returns at once (a burst of node updates, an error event) must not spin
@@ -217,6 +244,7 @@ class Agent:
             if pause > 0:
                 stop.wait(pause)
         log.info("pycni agent: stopping")
+        _mark_ready(a.ready_file, False)
         return 0
 
     def _wait(self, stop: threading.Event, waiting: list[bool], version: str, timeout: float) -> None:
@@ -273,4 +301,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return agent.run(stop, waiting)
     except _Interrupted:
+        _mark_ready(args.ready_file, False)
         return 0

@@ -25,10 +25,11 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import nft
+
 TABLE = "pycni-agent"
 CHAIN = "PYCNI-AGENT-MASQ"
 COMMENT = "pycni-agent"
-_TIMEOUT = 20
 
 log = logging.getLogger("pycni.agent")
 
@@ -63,22 +64,16 @@ class MasqSpec:
 
 def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise MasqError(f"{argv[0]}: {exc}") from None
+        return nft.run(argv, stdin)
+    except nft.NftError as exc:
+        raise MasqError(str(exc)) from None
 
 
 # -- nftables ------------------------------------------------------------------------------------------
 
 
-def render_nft(spec: MasqSpec) -> str:
-    """The whole `nft -f` script: replaces table inet pycni-agent atomically."""
-    lines = [
-        "# pycni agent: masquerade pod traffic leaving the cluster (generated; replaced as a whole)",
-        f"add table inet {TABLE}",
-        f"delete table inet {TABLE}",
-        f"table inet {TABLE} {{",
-    ]
+def _nft_body(spec: MasqSpec) -> str:
+    lines = []
     fams = spec.families()
     for v, (pods, cluster) in fams.items():
         typ = "ipv4_addr" if v == 4 else "ipv6_addr"
@@ -91,37 +86,41 @@ def render_nft(spec: MasqSpec) -> str:
         ip = "ip" if v == 4 else "ip6"
         lines.append(f'\t\t{ip} saddr @pods{v} {ip} daddr != @cluster{v} counter masquerade '
                      f'comment "pod egress leaving the cluster"')
-    lines += ["\t}", "}", ""]
+    lines += ["\t}"]
     return "\n".join(lines)
+
+
+_HEADER = "pycni agent: masquerade pod traffic leaving the cluster (generated; replaced as a whole)"
+
+
+def render_nft(spec: MasqSpec) -> str:
+    """The whole `nft -f` script: replaces table inet pycni-agent atomically."""
+    return nft.Table("inet", TABLE).script(_nft_body(spec), _HEADER)
 
 
 class NftBackend:
     name = "nftables"
 
     def __init__(self) -> None:
+        self.table = nft.Table("inet", TABLE)
         self.applied: str | None = None  # `nft -s list table` right after our last apply
         self._spec: MasqSpec | None = None
 
-    @staticmethod
-    def available() -> bool:
-        return shutil.which("nft") is not None
-
-    def _listing(self) -> str | None:
-        proc = _run(["nft", "-s", "list", "table", "inet", TABLE])
-        return proc.stdout if proc.returncode == 0 else None
+    available = staticmethod(nft.available)
 
     def ensure(self, spec: MasqSpec) -> bool:
         """Apply unless the kernel already holds exactly what we applied last. True when applied."""
-        if self.applied is not None and self._listing() == self.applied and self._spec == spec:
+        if self.applied is not None and self.table.listing() == self.applied and self._spec == spec:
             return False
-        proc = _run(["nft", "-f", "-"], stdin=render_nft(spec))
-        if proc.returncode != 0:
-            raise MasqError(f"nft -f failed: {(proc.stderr or proc.stdout).strip()[:500]}")
-        self.applied, self._spec = self._listing(), spec
+        try:
+            self.table.replace(_nft_body(spec), _HEADER)
+        except nft.NftError as exc:
+            raise MasqError(str(exc)) from None
+        self.applied, self._spec = self.table.listing(), spec
         return True
 
     def remove(self) -> None:
-        _run(["nft", "delete", "table", "inet", TABLE])
+        self.table.delete()
         self.applied = None
 
 
