@@ -7,7 +7,8 @@ VPY         := $(VENV)/bin/python
 CNI_BIN_DIR ?= /opt/cni/bin
 PYCNI_HOME  ?= /opt/pycni
 BUILD       ?= build
-CNITOOL     := $(BUILD)/bin/pycni-cnitool
+# Go builds use the Go of /usr/local/go (not Debian's golang-go): first on PATH.
+GO_PATH     := /usr/local/go/bin:$(PATH)
 PYTEST_ARGS ?=
 FUZZ_SECONDS ?= 300
 # NATIVE_SHIM=1: the installed executables are a ~1 ms C shim in front of the daemon
@@ -31,11 +32,11 @@ $(VPY): pyproject.toml
 
 venv: $(VPY)
 
-# The libcni driver (cnitool's interface), built from Debian's golang + libcni source.
-$(CNITOOL): integration/cnitool/main.go integration/cnitool/build.sh
-	OUT=$(BUILD)/bin bash integration/cnitool/build.sh
-
-build: $(CNITOOL)
+# From the Go modules pinned in integration/cni/go.mod + go.sum: upstream cnitool (build/bin/cnitool), our
+# libcni driver for what cnitool cannot do (build/bin/pycni-cnitool) and the current reference plugins
+# (build/ref/). Cached in /var/cache/pycni; the first build fills the Go module cache.
+build:
+	PATH="$(GO_PATH)" BUILD=$(BUILD) bash integration/cni/build.sh
 
 # Self-contained bundle for nodes without Python (and without glibc): build/bundle/ and
 # build/pycni-bundle.tar.gz = pycni, pycni-host-local and pycni.d/ (see integration/bundle/README.md).
@@ -139,7 +140,7 @@ stress: venv
 # Every test that needs no root (no namespaces): the protocol layer, the config models, the allocator,
 # host-local exec'd against the reference... Root tests carry the `root` mark (tests/conftest.py adds
 # it to any test that skips without root).
-test-unit: venv
+test-unit: venv build
 	$(VPY) -m pytest -q -m "not root" tests
 
 # Lint (ruff) everything; type-check (mypy) the pure layers spec/ and ipam/ (files: pyproject.toml).

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages pycni's build, tests and demo need (idempotent; quick when present).
 #   containernetworking-plugins  the reference Go plugins (differential and interop tests, loopback/portmap)
-#   golang-go, golang-github-appc-cni-dev  build the libcni driver (integration/cnitool)
+#   (Go is not a Debian package here: cnitool, our libcni driver and the current reference plugins are
+#    built by `make build` from integration/cni/go.mod with the Go in /usr/local/go)
 #   iproute2, util-linux          network namespaces, nsenter
 #   nftables, iptables            masquerade backends
 #   iputils-ping                  connectivity checks
@@ -20,7 +21,7 @@
 #   socat                         make cluster-up: the kind API server's port, from the host's loopback into
 #                                 that namespace
 set -euo pipefail
-PKGS=(make ca-certificates python3 python3-venv containernetworking-plugins golang-go golang-github-appc-cni-dev
+PKGS=(make ca-certificates python3 python3-venv containernetworking-plugins
       iproute2 util-linux nftables iptables iputils-ping procps gcc libc6-dev binutils openssl git
       busybox-static containerd runc podman conmon docker.io socat)
 missing=()

@@ -21,8 +21,59 @@ import pytest
 
 VENV_BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
+# Debian's containernetworking-plugins 1.1.1: the default source of helper plugins (loopback, a
+# delegated host-local) for tests that do not compare against a reference.
 REFERENCE_DIR = Path("/usr/lib/cni")
 IS_ROOT = os.geteuid() == 0
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One release of the reference plugins (github.com/containernetworking/plugins)."""
+
+    name: str
+    dir: Path
+    version: tuple[int, ...]
+
+    def exe(self, plugin: str) -> str:
+        return str(self.dir / plugin)
+
+    @property
+    def cni_1_1(self) -> bool:
+        """Speaks CNI 1.1.0 (STATUS, GC; host-local implements GC): v1.5 and newer."""
+        return self.version >= (1, 5)
+
+    def __str__(self) -> str:
+        return f"{self.name} {'.'.join(map(str, self.version))}"
+
+
+def _debian_reference() -> Reference:
+    proc = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "containernetworking-plugins"],
+                          capture_output=True, text=True, check=False)
+    digits = proc.stdout.split("+")[0].split("-")[0].split(".") if proc.returncode == 0 else ["0"]
+    return Reference("debian", REFERENCE_DIR, tuple(int(d) for d in digits if d.isdigit()))
+
+
+def _upstream_reference() -> Reference:
+    """build/ref: the release pinned in integration/cni/go.mod, built by `make build`."""
+    ref = REPO / "build" / "ref"
+    version = (ref / "VERSION").read_text().strip().lstrip("v") if (ref / "VERSION").exists() else "0"
+    return Reference("upstream", ref, tuple(int(d) for d in version.split(".")))
+
+
+REFERENCES = {"debian": _debian_reference, "upstream": _upstream_reference}
+
+
+@pytest.fixture(scope="session", params=sorted(REFERENCES))
+def reference(request) -> Reference:
+    """Every differential and interop test runs against both references: Debian's 1.1.1 and the
+    current release built into build/ref (a missing build is a failure, not a skip)."""
+    ref = REFERENCES[request.param]()
+    if not (ref.dir / "host-local").exists():
+        if request.param == "upstream":
+            pytest.fail(f"{ref.dir} is missing: run `make build` (integration/cni/build.sh)")
+        pytest.skip(f"Debian's reference plugins are not installed ({ref.dir})")
+    return ref
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -35,7 +86,10 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 def plugin_exe(name: str) -> str:
-    """Our executables come from the venv that runs the tests; reference plugins from Debian."""
+    """Our executables come from the venv that runs the tests; reference plugins from Debian (or the
+    path given)."""
+    if os.path.isabs(name):
+        return name
     ours = VENV_BIN / name
     if ours.exists():
         return str(ours)

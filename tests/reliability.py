@@ -36,6 +36,8 @@ SUPPORTED = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 
 
 def exe(name: str) -> str:
+    if os.path.isabs(name):
+        return name
     ours = VENV_BIN / name
     return str(ours) if ours.exists() else str(REFERENCE_DIR / name)
 

@@ -36,6 +36,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import reliability as rel
 
@@ -106,8 +107,11 @@ class Stats:
 class Storm:
     def __init__(self, lab: rel.Lab, *, workers: int = 8, bridge_slots: int = 2, hl_slots: int = 1,
                  exec_rate: float = 0.1, ref_rate: float = 0.15, gc_rate: float = 0.03, kill_rate: float = 0.0,
-                 full_every: int = 100, seed: int | None = None) -> None:
+                 full_every: int = 100, seed: int | None = None, reference_dir: Path = rel.REFERENCE_DIR) -> None:
         self.lab = lab
+        # the reference host-local racing pycni on the store (routes ref-hl, ref-ipam): either release
+        self.reference_dir = reference_dir
+        self.cni_path = f"{rel.VENV_BIN}:{reference_dir}"
         self.node = lab.netns("node")
         self.data = lab.tmp / "storm-ipam"
         self.net_dir = self.data / NET
@@ -156,13 +160,13 @@ class Storm:
         elif route in ("hl", "hl-exec"):
             conf, plugin = self.hl_conf, "pycni-host-local"
         elif route == "ref-hl":
-            conf, plugin = self.ref_hl_conf, "host-local"
+            conf, plugin = self.ref_hl_conf, str(self.reference_dir / "host-local")
         else:
             conf, plugin = self.conf, "pycni"
         conf = dict(conf, **(conf_extra or {}))
         if netns == "":
             netns = rel.ns_path(slot.pod) if slot else None
-        env = rel.plugin_env(command, cid, netns, slot.ifname if slot else None)
+        env = rel.plugin_env(command, cid, netns, slot.ifname if slot else None, path=self.cni_path)
         if route in IN_PROCESS:
             res = self.workers[w].call(plugin, env, conf, kill_after=kill_after)
         else:

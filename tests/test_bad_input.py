@@ -159,7 +159,8 @@ CASES: dict[str, Case] = {
     # -- other verbs --
     "resolvConf-missing": Case(5, ipam(resolvConf="/nonexistent/pycni/resolv.conf")),
     "DEL-with-invalid-ranges": Case(7, ranges([{"subnet": "10.1.0.0/33"}]), "DEL", {"container_id": OWNER}),
-    "GC-without-attachments": Case(7, top(cniVersion="1.1.0"), "GC"),
+    "GC-keys-disagree": Case(7, top(cniVersion="1.1.0", **{"cni.dev/valid-attachments": [], "cni.dev/attachments": [
+        {"containerID": OWNER, "ifname": "eth0"}]}), "GC"),
     "CHECK-prevResult-garbage": Case(6, top(prevResult={"ips": [{"address": "nope"}]}), "CHECK",
                                      {"container_id": OWNER}),
 }

@@ -43,6 +43,9 @@ class Env:
         self.tmp = tmp_path
         self.ipam_dir = tmp_path / "ipam"
         self._count = 0
+        # where delegated and reference plugins come from (test_bridge_interop: either reference)
+        self.reference_dir = REFERENCE_DIR
+        self.cni_path = CNI_PATH
 
     # -- configuration ----------------------------------------------------------------------------
     def conf(self, version: str = "1.0.0", subnet: str | None = "10.77.0.0/24", ipam_type: str = "host-local",
@@ -67,8 +70,11 @@ class Env:
             **kw) -> PluginRun:
         if netns == "":
             netns = pod.path if pod else None
+        if not (VENV_BIN / plugin).exists():
+            plugin = str(self.reference_dir / plugin)
         return exec_plugin(plugin, command, conf, container_id=pod.cid if pod else None, netns=netns,
-                           ifname=pod.ifname if pod else None, path=kw.pop("path", CNI_PATH), node=self.node, **kw)
+                           ifname=pod.ifname if pod else None, path=kw.pop("path", self.cni_path), node=self.node,
+                           **kw)
 
     def add(self, conf: dict, pod: Pod, **kw) -> dict:
         res = self.run("ADD", conf, pod, **kw)

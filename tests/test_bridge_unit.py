@@ -131,16 +131,6 @@ def test_names_are_deterministic_and_short():
     assert len(verbs.veth_alias(att)) <= 255 and verbs.veth_alias(att).startswith(verbs.alias_prefix("net") + att.key)
 
 
-def test_valid_attachments():
-    raw = {"cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}]}
-    assert verbs.valid_attachments(raw) == [("a", "eth0")]
-    assert verbs.valid_attachments({"cni.dev/attachments": None}) == []
-    for bad in ({}, {"cni.dev/valid-attachments": {}}, {"cni.dev/valid-attachments": [{"containerID": 1}]}):
-        with pytest.raises(CNIError) as err:
-            verbs.valid_attachments(bad)
-        assert err.value.code == 7
-
-
 # -- nftables scripts ------------------------------------------------------------------------------
 
 

@@ -62,10 +62,13 @@ def test_50_parallel_adds_get_distinct_reachable_addresses(lab):
     assert rel.store_state(data / "par") == baseline["store"]
 
 
-def test_storm(lab):
-    ops = int(os.environ.get("PYCNI_STORM_OPS", "1000"))
+@pytest.mark.reference
+def test_storm(lab, reference):
+    """Run against both reference releases racing pycni on one store; the operations are split between
+    the two runs."""
+    ops = max(300, int(os.environ.get("PYCNI_STORM_OPS", "1000")) // 2)
     start = time.monotonic()
-    s = storm.Storm(lab, workers=8)
+    s = storm.Storm(lab, workers=8, reference_dir=reference.dir)
     stats = s.run(ops)
     print("\n" + storm.table(stats, time.monotonic() - start, f"storm of {ops} operations"))
     assert stats.total >= ops

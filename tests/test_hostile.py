@@ -144,6 +144,7 @@ def hgc(items) -> Callable[[World], dict]:
 
 
 LIVE = {"cid": "livectr"}
+LIVE_ATT = {"containerID": "livectr", "ifname": "eth0"}
 BIG = 1 << 20
 
 CASES: dict[str, Case] = {
@@ -279,8 +280,13 @@ CASES: dict[str, Case] = {
                                                                "ip4": {"ip": "10.99.0.200/24"}}), "CHECK",
                                          **LIVE),
     "CHECK-without-prevResult": P(7, live(), "CHECK", **LIVE),
-    # -- GC lists (7) --
-    "GC-without-list": P(7, command="GC"),
+    # -- GC lists (7; pycni.spec.gc, docs/gc.md) - a GC without any list is not an error: tests/test_gc.py --
+    "GC-null-with-legacy-list": P(7, lambda w: w.conf(**{"cni.dev/valid-attachments": None,
+                                                         "cni.dev/attachments": [LIVE_ATT]}), "GC"),
+    "GC-keys-disagree": P(7, lambda w: w.conf(**{"cni.dev/valid-attachments": [LIVE_ATT],
+                                                 "cni.dev/attachments": []}), "GC"),
+    "GC-entry-empty-containerID": P(7, gc([LIVE_ATT, {"containerID": "", "ifname": "eth0"}]), "GC"),
+    "GC-legacy-list-not-a-list": P(7, lambda w: w.conf(**{"cni.dev/attachments": "livectr"}), "GC"),
     "GC-list-not-a-list": P(7, gc({"containerID": "x", "ifname": "eth0"}), "GC"),
     "GC-entry-garbage": P(7, gc(["livectr"]), "GC"),
     "GC-entry-without-ifname": P(7, gc([{"containerID": "livectr"}]), "GC"),
@@ -303,6 +309,9 @@ CASES: dict[str, Case] = {
     "hl-ipam-without-type": H(7, lambda w: dict(w.hl_conf(), ipam={k: v for k, v in w.hl_conf()["ipam"].items()
                                                                     if k != "type"})),
     "hl-GC-list-not-a-list": H(7, hgc("all"), "GC"),
+    "hl-GC-null-with-legacy-list": H(7, lambda w: dict(w.hl_conf(), **{
+        "cni.dev/valid-attachments": None, "cni.dev/attachments": [{"containerID": "hlowner", "ifname": "net1"}]}),
+        "GC"),
     "hl-GC-entry-without-ifname": H(7, hgc([{"containerID": "hlowner"}]), "GC"),
     "hl-IgnoreUnknown-with-IP-garbage": H(4, args="IgnoreUnknown=1;IP=zz"),
     "hl-CHECK-prevResult-0.2.0-not-ours": H(105, lambda w: dict(w.hl_conf(), prevResult={

@@ -89,12 +89,14 @@ def expected_dual(version: str) -> dict:
     v6 = {"address": "fd00:1::2/64", "gateway": "fd00:1::1"}
     if version < "1.0.0":  # SPEC 0.3.x/0.4.0: ips[].version is required; 1.0.0 dropped it
         v4, v6 = {"version": "4", **v4}, {"version": "6", **v6}
-    return {
+    out = {
         "cniVersion": version,
         "ips": [v4, v6],
         "routes": [{"dst": "0.0.0.0/0", "gw": "10.1.0.1"}, {"dst": "::/0"}],
-        "dns": {},
     }
+    if version < "1.0.0":  # an empty dns: printed by 0.3.x/0.4.0, left out by 1.0.0+ (libcni 1.3's types)
+        out["dns"] = {}
+    return out
 
 
 # -- every verb in every version ---------------------------------------------------------------------------
@@ -411,12 +413,14 @@ def test_gc_keeps_listed_and_releases_others(tmp_path, key):
     assert after["last_reserved_ip.0"] == before["last_reserved_ip.0"] == b"10.1.0.5"
 
 
-def test_gc_prefers_valid_attachments_over_the_old_key(tmp_path):
+def test_gc_with_both_keys_disagreeing_is_refused(tmp_path):
+    """docs/gc.md: libcni sends one list under both keys; two different lists are refused (7) untouched."""
     conf = _gc_store(tmp_path)
+    before = store(tmp_path)
     conf["cni.dev/valid-attachments"] = [{"containerID": "c2", "ifname": "eth0"}]
     conf["cni.dev/attachments"] = [{"containerID": "c1", "ifname": "eth0"}]
-    ok(run("GC", conf, container_id=None, ifname=None), empty=True)
-    assert leases(tmp_path) == {"10.1.0.4": b"c2\r\neth0"}
+    err(run("GC", conf, container_id=None, ifname=None), 7, "1.1.0")
+    assert store(tmp_path) == before
 
 
 def test_gc_with_empty_list_releases_everything(tmp_path):
@@ -426,11 +430,12 @@ def test_gc_with_empty_list_releases_everything(tmp_path):
     assert {"lock", "last_reserved_ip.0"} <= set(store(tmp_path))
 
 
-def test_gc_without_list_is_refused(tmp_path):
+def test_gc_without_list_releases_everything(tmp_path):
+    """docs/gc.md: libcni sends no list after DELing every cached attachment (cnitool gc): none is valid."""
     conf = _gc_store(tmp_path)
-    before = store(tmp_path)
-    err(run("GC", conf, container_id=None, ifname=None), 7, "1.1.0")
-    assert store(tmp_path) == before
+    ok(run("GC", conf, container_id=None, ifname=None), empty=True)
+    assert leases(tmp_path) == {}
+    assert {"lock", "last_reserved_ip.0"} <= set(store(tmp_path))
 
 
 def test_gc_without_store_creates_nothing(tmp_path):
@@ -517,7 +522,7 @@ def test_stray_temporaries_are_swept(tmp_path, verb):
 def test_lease_files_are_not_world_writable(tmp_path):
     ok(run("ADD", netconf(tmp_path, "1.0.0")))
     for name in ("10.1.0.2", "last_reserved_ip.0"):
-        assert os.stat(tmp_path / NET / name).st_mode & 0o777 == 0o644  # what the reference writes
+        assert os.stat(tmp_path / NET / name).st_mode & 0o777 == 0o600  # what the current reference writes (1.1.1: 0644)
 
 
 def test_networks_do_not_share_a_store(tmp_path):

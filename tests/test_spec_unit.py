@@ -220,8 +220,12 @@ def test_to_dict_older_versions(version):
     assert out["dns"] == FULL_RESULT["dns"]
 
 
-def test_to_dict_always_has_dns_and_omits_empty_lists():
-    assert Result().to_dict("1.0.0") == {"cniVersion": "1.0.0", "dns": {}}
+def test_to_dict_empty_dns_only_before_1_0_0_and_omits_empty_lists():
+    """libcni 1.3's types: 0.3.x/0.4.0 results always carry dns, 1.0.0+ leave an empty one out (as the
+    reference plugins v1.10 print; 1.1.1 printed "dns": {} in 1.0.0 too)."""
+    assert Result().to_dict("1.0.0") == {"cniVersion": "1.0.0"}
+    assert Result().to_dict("1.1.0") == {"cniVersion": "1.1.0"}
+    assert Result().to_dict("0.4.0") == {"cniVersion": "0.4.0", "dns": {}}
     assert Result().to_dict("0.3.1") == {"cniVersion": "0.3.1", "dns": {}}
 
 
@@ -261,12 +265,12 @@ def test_parse_1_0_0_and_canonical_forms():
     r = Result.parse({"cniVersion": "1.0.0", "ips": [{"address": "FD00:0::0002/64", "gateway": "fd00:0::1"}],
                       "routes": [{"dst": "10.1.0.5/16"}], "dns": None, "interfaces": None})
     assert r.to_dict("1.0.0") == {"cniVersion": "1.0.0", "ips": [{"address": "fd00::2/64", "gateway": "fd00::1"}],
-                                  "routes": [{"dst": "10.1.0.0/16"}], "dns": {}}
+                                  "routes": [{"dst": "10.1.0.0/16"}]}
 
 
 def test_parse_ignores_unknown_keys():
     r = Result.parse({"cniVersion": "1.1.0", "ips": [{"address": "10.1.0.2/24", "future": 1}], "x": {}})
-    assert r.to_dict("1.1.0") == {"cniVersion": "1.1.0", "ips": [{"address": "10.1.0.2/24"}], "dns": {}}
+    assert r.to_dict("1.1.0") == {"cniVersion": "1.1.0", "ips": [{"address": "10.1.0.2/24"}]}
 
 
 @pytest.mark.parametrize("garbage", [

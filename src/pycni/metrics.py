@@ -45,6 +45,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from . import __version__, runstate
 from .daemon import spool
 from .inspect import attachments, netconfs, pools
+from .spec.errors import CNIError
+from .spec.gc import valid_attachments
 
 log = logging.getLogger("pycnid.metrics")
 ENV = "PYCNI_METRICS_ADDRESS"
@@ -189,8 +191,10 @@ class _GcProbe:
 
     def __init__(self, plugin: str, conf: dict) -> None:
         self.network = conf.get("name") if isinstance(conf.get("name"), str) else ""
-        raw = conf.get("cni.dev/valid-attachments", conf.get("cni.dev/attachments")) or []
-        self.valid = {(a.get("containerID"), a.get("ifname")) for a in raw if isinstance(a, dict)}
+        try:
+            self.valid: frozenset | None = valid_attachments(conf)  # the plugin's own reading (docs/gc.md)
+        except CNIError:
+            self.valid = None  # the plugin refuses the request: it removes nothing
         ipam = conf.get("ipam") if isinstance(conf.get("ipam"), dict) else {}
         self.pool = pools.from_ipam(self.network, ipam) if self.network else None
         self.with_links = plugin == "pycni"
@@ -198,13 +202,13 @@ class _GcProbe:
         self.links = self._stale_links()
 
     def _stale_leases(self) -> set[str]:
-        if self.pool is None:
+        if self.pool is None or self.valid is None:
             return set()
         return {lease.address for lease in attachments.leases(self.pool.data_dir, self.network)
                 if lease.container_id is not None and (lease.container_id, lease.ifname) not in self.valid}
 
     def _stale_links(self) -> set[str]:
-        if not self.with_links:
+        if not self.with_links or self.valid is None:
             return set()
         return {v.name for v in attachments.veths()
                 if v.network == self.network and (v.container_id, v.ifname) not in self.valid}

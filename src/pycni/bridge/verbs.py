@@ -24,9 +24,11 @@ from ..spec.errors import (
     INVALID_ENV,
     INVALID_NETNS,
     KERNEL,
+    STATUS_DEGRADED,
     STATUS_NOT_AVAILABLE,
     CNIError,
 )
+from ..spec.gc import valid_attachments
 from ..spec.request import Request
 from ..spec.result import Interface, Result, Route
 from . import ipam_delegate, masquerade
@@ -35,7 +37,6 @@ from .config import BridgeConf
 Config = BridgeConf
 # CONVENTIONS.md "CNI_ARGS": IP is for the IPAM plugin (passed through), MAC is ours.
 KNOWN_ARGS = frozenset({"IP", "MAC"})
-GC_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")  # SPEC.md "GC" (+ libcni's older key)
 
 log = logging.getLogger("pycni.bridge")
 
@@ -382,8 +383,11 @@ def _check_ips_routes(pod, container, prev: Result, index: int, links) -> None:
 
 
 def status(req: Request) -> None:
-    """SPEC.md "STATUS": ready when rtnetlink answers, we may create links, the bridge name is free
-    or a bridge, the masquerade backend exists; IPAM STATUS is forwarded. pyroute2 is not imported."""
+    """SPEC.md "STATUS": code 50 (cannot ADD) when rtnetlink does not answer, we may not create links,
+    the bridge name is taken by another kind of link, the masquerade backend is missing, or IPAM is
+    not ready (store not writable, pool exhausted: IPAM STATUS is forwarded); code 51 when this
+    network's attachments exist but their bridge is gone or down or they are no longer its ports
+    (existing containers have lost connectivity). pyroute2 is only imported when veths exist."""
     from . import links
 
     conf: BridgeConf = req.conf
@@ -402,15 +406,40 @@ def status(req: Request) -> None:
             raise CNIError(STATUS_NOT_AVAILABLE, err.msg, err.details) from None
     if conf.ipam_type:
         ipam_delegate.status(req)
+    _status_of_attachments(conf, links)
+
+
+def _status_of_attachments(conf: BridgeConf, links) -> None:
+    if not any(name.startswith("veth") for name in links.host_link_names()):
+        return  # no host veth at all: no attachment of ours can be cut off
+    attached = links.links_with_alias_prefix(alias_prefix(conf.name))
+    if not attached:
+        return
+    bridge = links.get_link(conf.bridge)
+    if bridge is None or not bridge.flags & links.IFF_UP:
+        state = "missing" if bridge is None else "down"
+        raise CNIError(STATUS_DEGRADED, f"bridge {conf.bridge!r} is {state}: {len(attached)} attachment(s) of "
+                       f"network {conf.name!r} have no connectivity", ", ".join(v.name for v in attached)[:500])
+    cut = [v.name for v in attached if v.master != bridge.index or not v.flags & links.IFF_UP]
+    if cut:
+        raise CNIError(STATUS_DEGRADED, f"{len(cut)} host veth(s) of network {conf.name!r} are down or not "
+                       f"ports of {conf.bridge!r}: those containers have no connectivity", ", ".join(cut)[:500])
 
 
 def gc(req: Request) -> None:
-    """SPEC.md "GC": remove host veths, masquerade/spoof-check entries and (via IPAM GC) leases of
-    every attachment of this network not in `cni.dev/valid-attachments`; go on past errors."""
+    """SPEC.md "GC": remove the leases (IPAM GC), host veths and masquerade/spoof-check entries of every
+    attachment of this network that is not valid (pycni.spec.gc: the one reading of the list, which
+    IPAM shares). The whole request is validated before anything is removed: the list, this config
+    and, when in-process, the IPAM config. IPAM goes first, so a delegate that refuses the request
+    (or cannot GC, like host-local 1.1.1) leaves links and leases as they were; after it, links and
+    rules are removed going on past errors. docs/gc.md."""
     from . import links
 
     conf: BridgeConf = req.conf
     valid = valid_attachments(req.raw)
+    if conf.ipam_type:
+        ipam_delegate.precheck(req)
+        ipam_delegate.gc(req)
     keys = {masquerade.Attachment(conf.name, cid, ifname).key for cid, ifname in valid}
     errors: list[CNIError] = []
     prefix = alias_prefix(conf.name)
@@ -424,30 +453,6 @@ def gc(req: Request) -> None:
         _collect(errors, lambda name=link.name: links.delete_link(name))
     errors += masquerade.gc(conf.name, valid)
     _collect(errors, lambda: masquerade.spoofcheck_gc(conf.name, valid))
-    if conf.ipam_type:
-        _collect(errors, lambda: ipam_delegate.gc(req))
     if errors:
         raise CNIError(errors[0].code, errors[0].msg,
                        "; ".join(f"{e.msg}: {e.details}" for e in errors)[:1000])
-
-
-def valid_attachments(raw: dict) -> list[tuple[str, str]]:
-    for key in GC_KEYS:
-        if key in raw:
-            items = raw[key]
-            break
-    else:
-        raise CNIError(INVALID_CONFIG, "GC needs cni.dev/valid-attachments",
-                       "without it every attachment of the network would be removed")
-    if items is None:
-        items = []
-    if not isinstance(items, list):
-        raise CNIError(INVALID_CONFIG, f"{key} must be a list")
-    out = []
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str) \
-                or not isinstance(item.get("ifname"), str):
-            raise CNIError(INVALID_CONFIG, f"invalid entry in {key}", repr(item)[:200])
-        out.append((item["containerID"], item["ifname"]))
-    return out
-

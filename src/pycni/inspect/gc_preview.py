@@ -22,6 +22,8 @@ import json
 import os
 import sys
 
+from ..spec.errors import CNIError
+from ..spec.gc import attachment_list
 from . import attachments, netconfs, output, pools
 
 
@@ -66,10 +68,13 @@ def load_valid(args) -> Valid:
     if args.valid_attachments:
         with open(args.valid_attachments, encoding="utf-8") as f:
             items = json.load(f)
-        if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("containerID"), str)
-                                                  and isinstance(i.get("ifname"), str) for i in items):
+        try:  # read as the plugin reads cni.dev/valid-attachments (docs/gc.md)
+            pairs = attachment_list(items)
+        except CNIError as err:
+            raise ValueError(f"{args.valid_attachments}: {err.msg}") from None
+        if items is None:  # a file saying null is a mistake, not "nothing is valid"
             raise ValueError(f"{args.valid_attachments}: expected a list of {{\"containerID\", \"ifname\"}}")
-        return Valid(pairs={(i["containerID"], i["ifname"]) for i in items}, source=args.valid_attachments)
+        return Valid(pairs=set(pairs), source=args.valid_attachments)
     return Valid(ids=set(args.valid_id), source="--valid-id")
 
 

@@ -129,6 +129,17 @@ def _reserve_next(rset: RangeSet, idx: int, used: set[int], store: Store, cid: s
                    f"range set {idx} is full; DEL an attachment or widen the range")
 
 
+def full_sets(range_sets: Iterable[RangeSet], leases: Iterable[Lease]) -> list[int]:
+    """STATUS: the indexes of the range sets in which an ADD would find no free address (empty lease
+    files do not count: ADD reclaims them)."""
+    used: dict[int, set[int]] = {4: set(), 6: set()}
+    for lease in leases:
+        if not lease.empty:
+            used[lease.ip.version].add(int(lease.ip))
+    return [idx for idx, rset in enumerate(range_sets)
+            if all(value in used[rset.family] for value, _ in rset.candidate_ints(None))]
+
+
 def release(store: Store, container_id: str, ifname: str) -> list[IPAddress]:
     """Release every lease of (containerID, ifname); the ID-only leases of old plugins when none match
     (the reference's backwards-compatible ReleaseByID)."""

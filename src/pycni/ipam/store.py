@@ -34,7 +34,7 @@ LINE_BREAK = "\r\n"
 LAST_RESERVED_PREFIX = "last_reserved_ip."
 LOCK_NAME = "lock"
 TMP_PREFIX = ".pycni-tmp-"
-FILE_MODE = 0o644  # what the reference writes
+FILE_MODE = 0o600  # what the current reference writes (v1.10; 1.1.1 wrote 0644): leases are private
 MAX_LEASE_BYTES = 4096  # a lease is "id\r\nifname": anything bigger is not one of ours
 
 

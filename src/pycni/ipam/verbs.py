@@ -10,6 +10,7 @@ import os
 
 from .. import faults
 from ..spec.errors import CHECK_FAILED, IO_FAILURE, STATUS_NOT_AVAILABLE, CNIError
+from ..spec.gc import valid_attachments
 from ..spec.request import Request
 from ..spec.result import DNS, Result
 from . import allocator
@@ -69,17 +70,22 @@ def check(req: Request[Config], cfg: IPAMConfig | None = None) -> None:
 
 
 def status(req: Request[Config], cfg: IPAMConfig | None = None) -> None:
-    """SPEC.md "STATUS": ready when the store can be written; code 50 otherwise. Creates nothing."""
+    """SPEC.md "STATUS": code 50 when an ADD could not succeed - the store cannot be created or written,
+    or a range set has no free address (every address leased). Creates nothing."""
     cfg = cfg or settings(req)
     store = DiskStore(cfg.data_dir, cfg.network, create=False)
     if store.exists():
         try:
             with store:
-                pass
+                full = allocator.full_sets(cfg.range_sets, store.leases())
         except CNIError as err:
             raise CNIError(STATUS_NOT_AVAILABLE, "host-local: IPAM store unusable", f"{err.msg}: {err.details}") from None
         if not os.access(store.path, os.W_OK):
             raise CNIError(STATUS_NOT_AVAILABLE, "host-local: IPAM store is not writable", store.path)
+        if full:
+            raise CNIError(STATUS_NOT_AVAILABLE, "host-local: address pool exhausted",
+                           "; ".join(f"range set {idx} ({cfg.range_sets[idx]}): every address is leased"
+                                     for idx in full))
         return
     parent = cfg.data_dir
     while not os.path.exists(parent):
@@ -89,8 +95,9 @@ def status(req: Request[Config], cfg: IPAMConfig | None = None) -> None:
 
 
 def gc(req: Request[Config], cfg: IPAMConfig | None = None) -> None:
-    """SPEC.md "GC": release every lease whose attachment is not in cni.dev/valid-attachments."""
-    valid = req.conf.gc_attachments()
+    """SPEC.md "GC": release every lease whose attachment is not valid (pycni.spec.gc reads the list,
+    the same reading as the bridge's). List and config are validated before the store is touched."""
+    valid = valid_attachments(req.raw)
     cfg = cfg or settings(req)
     store = DiskStore(cfg.data_dir, cfg.network, create=False)
     if not store.exists():

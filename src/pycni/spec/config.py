@@ -144,11 +144,6 @@ class IPAM(Model):
         return value
 
 
-class Attachment(Model):
-    containerID: str
-    ifname: str
-
-
 class NetConf(Model):
     cniVersion: str
     name: str
@@ -159,9 +154,8 @@ class NetConf(Model):
     runtimeConfig: RuntimeConfig = Field(default_factory=RuntimeConfig)
     args: Args = Field(default_factory=Args)
     prevResult: dict[str, Any] | None = None
-    # SPEC.md "GC": the attachments that are still alive (libcni also sends the older key).
-    validAttachments: list[Attachment] | None = Field(default=None, alias="cni.dev/valid-attachments")
-    attachments: list[Attachment] | None = Field(default=None, alias="cni.dev/attachments")
+    # SPEC.md "GC": cni.dev/valid-attachments (and the older cni.dev/attachments) are read by
+    # pycni.spec.gc only, from the raw configuration.
     # pycni's own logging keys (optional): where and how much to log.
     logFile: str = ""
     logLevel: str = ""
@@ -184,16 +178,6 @@ class NetConf(Model):
         if self.prevResult is None:
             return None
         return Result.parse(self.prevResult)
-
-
-    def gc_attachments(self) -> set[tuple[str, str]]:
-        """The (containerID, ifname) pairs GC must keep. A GC without the list is refused rather than
-        read as "keep nothing", which would delete every attachment of the network."""
-        chosen = self.validAttachments if self.validAttachments is not None else self.attachments
-        if chosen is None:
-            raise CNIError(INVALID_CONFIG, "GC needs cni.dev/valid-attachments",
-                           "refusing to treat a missing list as 'no attachment is valid'")
-        return {(a.containerID, a.ifname) for a in chosen}
 
 
 def load(model: type[NetConf], data: dict) -> NetConf:

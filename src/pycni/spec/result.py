@@ -2,7 +2,8 @@
 
 One model holds every version's content; `to_dict(version)` prints it the way that version's Go
 types do (0.3.x/0.4.0 carry `ips[].version`, 1.1.0 adds route table/scope/mtu/advmss/priority and
-interface mtu/socketPath/pciID, `dns` is always present), and `Result.parse` reads a prevResult of
+interface mtu/socketPath/pciID; an empty `dns` is printed by 0.3.x/0.4.0 and left out by 1.0.0+, as
+libcni 1.3's types do - libcni 1.1 printed `"dns": {}` in 1.0.0 too), and `Result.parse` reads a prevResult of
 any version, 0.2.0's `ip4`/`ip6` shape included.
 """
 
@@ -166,7 +167,9 @@ class Result(_Model):
             out["ips"] = [ip.to_dict(version) for ip in self.ips]
         if self.routes:
             out["routes"] = [r.to_dict(version) for r in self.routes]
-        out["dns"] = self.dns.to_dict()
+        dns = self.dns.to_dict()
+        if dns or not versions.at_least(version, "1.0.0"):
+            out["dns"] = dns
         return out
 
     @classmethod
