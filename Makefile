@@ -23,14 +23,16 @@ all: venv build
 deps:
 	@bash integration/deps.sh
 
-# Development venv: the package editable, plus test tools.
-$(VPY): pyproject.toml
+# Development venv: the package editable, plus test tools. A stamp file, not $(VPY) (a symlink: touching it
+# would touch the interpreter it points at), records the pyproject.toml it was installed from.
+VENV_STAMP := $(VENV)/.pycni-installed
+$(VENV_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]' ruff
-	@touch $(VPY)
+	@touch $@
 
-venv: $(VPY)
+venv: $(VENV_STAMP)
 
 # From the Go modules pinned in integration/cni/go.mod + go.sum: upstream cnitool (build/bin/cnitool), our
 # libcni driver for what cnitool cannot do (build/bin/pycni-cnitool) and the current reference plugins

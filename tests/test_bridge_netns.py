@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -39,10 +38,7 @@ def env(netns, node, tmp_path) -> Env:
 def test_add_result_shape_links_and_sysctls(env):
     conf = env.conf(mtu=1400)
     pod = env.pod()
-    start = time.monotonic()
-    result = env.add(conf, pod)
-    elapsed = time.monotonic() - start
-    assert elapsed < 1.5, f"ADD took {elapsed:.2f}s"  # interpreter + imports included
+    result = env.add(conf, pod)  # speed is measured by `make bench`, never here
     names = [i["name"] for i in result["interfaces"]]
     assert names[0] == "cni0" and names[2] == "eth0"
     assert names[1].startswith("veth") and len(names[1]) == 12
@@ -68,8 +64,8 @@ def test_add_result_shape_links_and_sysctls(env):
     assert env.ping("10.77.0.2")
 
 
-def test_one_add_is_fast_in_process(env):
-    """The netlink work of one ADD, timed without interpreter start and imports."""
+def test_one_add_in_process(env):
+    """One ADD through cli.run inside an interpreter (the daemon's path); its speed is `make bench`'s."""
     conf = env.conf()
     pod1, pod2 = env.pod(), env.pod()
     env.add(conf, pod1)  # bridge creation on the first one
@@ -89,7 +85,7 @@ def test_one_add_is_fast_in_process(env):
     out = env.node_cmd(sys.executable, "-c", code, json.dumps(cenv), json.dumps(conf))
     data = json.loads(out)
     assert data["rc"] == 0, data
-    assert data["dt"] < 0.25, f"in-process ADD took {data['dt'] * 1000:.0f} ms"
+    assert json.loads(data["out"])["ips"][0]["address"] == "10.77.0.3/24", data  # pod1 holds .2
 
 
 def test_dual_stack(env):
@@ -303,9 +299,7 @@ def test_vlan_trunk(env, vlan_filtering):
 def test_enabledad(env):
     pod = env.pod()
     conf = env.conf(ranges=[[{"subnet": "fd78::/64"}]], enabledad=True)
-    start = time.monotonic()
     env.add(conf, pod)
-    assert time.monotonic() - start < 1.5
     assert env.sysctl(pod.name, "net.ipv6.conf.eth0.accept_dad") == "1"
     assert env.sysctl(pod.name, "net.ipv6.conf.eth0.enhanced_dad") == "1"
 
