@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from typing import Protocol
 
 from ..spec.errors import ADDRESS_EXHAUSTED, ADDRESS_UNAVAILABLE, CNIError
@@ -153,7 +154,7 @@ def release(store: Store, container_id: str, ifname: str) -> list[IPAddress]:
     return [lease.ip for lease in victims]
 
 
-def collect_garbage(store: Store, valid: set[tuple[str, str]]) -> list[IPAddress]:
+def collect_garbage(store: Store, valid: AbstractSet[tuple[str, str]]) -> list[IPAddress]:
     """SPEC.md "GC": release every lease whose attachment is not in `valid`.
 
     ID-only leases (old format) are kept while any valid attachment has that container ID; empty

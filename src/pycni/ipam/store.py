@@ -164,8 +164,8 @@ def _pump() -> None:
             name = data[pos + 16 : pos + 16 + size].rstrip(b"\0").decode(errors="surrogateescape")
             pos += 16 + size
             if mask & _Watch.OVERFLOW:  # events were lost, for any directory: rescan them all
-                for watch in _watches.values():
-                    watch.names = None
+                for each in _watches.values():
+                    each.names = None
                 continue
             watch = _by_wd.get(wd)
             if watch is None:
