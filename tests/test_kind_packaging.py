@@ -84,7 +84,8 @@ def test_daemonset_manifest():
     assert "image: pycni/agent:dev" in (KIND / "pycni-daemonset.yaml").read_text()
     # readiness: the agent's last round succeeded; the daemon serves a request
     assert c["readinessProbe"]["exec"]["command"] == ["test", "-f", "/tmp/pycni-agent-ready"]
-    assert daemon["readinessProbe"]["exec"]["command"] == ["/entrypoint.sh", "daemon-ready"]
+    probe = daemon["readinessProbe"]["exec"]["command"]  # node paths only: it runs in the node's mount namespace
+    assert probe[0] == "/opt/cni/bin/pycni.d/bin/python3" and 'client.call("pycni"' in probe[-1]
     assert "--ready-file /tmp/pycni-agent-ready" in (KIND / "entrypoint.sh").read_text()
     # the daemon's drain fits in the termination grace period
     grace = {e["name"]: e["value"] for e in daemon["env"]}["DAEMON_GRACE"]

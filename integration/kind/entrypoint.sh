@@ -11,9 +11,6 @@
 #                             keep terminationGracePeriodSeconds above it). It serves only callers in its own
 #                             namespaces (docs/security.md), so it waits for the agent's install and runs the
 #                             node's /opt/cni/bin/pycni in the node's mount namespace (that of /proc/1, hostPID).
-#   entrypoint.sh daemon-ready  the daemon container's readiness probe: exit 0 when the daemon serves a request
-#                             over its socket (a CNI VERSION sent from the node's mount namespace), 1 when it does
-#                             not answer or refuses.
 #
 # Env: NODE_NAME (downward API), CLUSTER_CIDR, AGENT_INTERVAL (seconds, default 30), CNI_VERSION (default 1.0.0),
 # EXTRA_ARGS (more agent arguments), DAEMON_GRACE.
@@ -25,14 +22,8 @@ case ${1:-agent} in
     until [ -x /opt/cni/bin/pycni ]; do sleep 1; done
     exec nsenter --mount=/proc/1/ns/mnt -- /opt/cni/bin/pycni daemon --socket /run/pycni/pycni.sock \
       --cni-path /opt/cni/bin --grace "${DAEMON_GRACE:-20}" "$@" ;;
-  daemon-ready)
-    exec nsenter --mount=/proc/1/ns/mnt -- /opt/cni/bin/pycni.d/bin/python3 -I -c '
-import sys
-from pycni.daemon import client
-answer = client.call("pycni", {"CNI_COMMAND": "VERSION"}, b"{\"cniVersion\": \"1.0.0\"}")
-sys.exit(0 if answer is not None and answer[0] == 0 else 1)' ;;
   agent) ;;
-  *) echo "usage: entrypoint.sh [agent|daemon|daemon-ready]" >&2; exit 2 ;;
+  *) echo "usage: entrypoint.sh [agent|daemon]" >&2; exit 2 ;;
 esac
 # `pycni agent` once pycni's CLI dispatches it; until then the same code through the bundled python3.
 if "$B/pycni" agent --help </dev/null >/dev/null 2>&1; then
