@@ -263,6 +263,13 @@ def check_reboot(k: Kind, pods: dict[str, Pod]) -> None:
         return cond.get("Ready") == "True"
     wait(node_ready, f"node {victim} Ready after the restart", 300)
 
+    def pycni_ready():  # the node's pycni pod Ready: its agent finished a round (bundle, routes, masquerade,
+        doc = json.loads(k.kubectl("-n", "kube-system", "get", "pods", "-l", "app=pycni-agent",  # conflist)
+                                   "--field-selector", f"spec.nodeName={victim}", "-o", "json").stdout)
+        return any(not p["metadata"].get("deletionTimestamp")
+                   and all(c.get("ready") for c in p["status"].get("containerStatuses", [{}])) for p in doc["items"])
+    wait(pycni_ready, f"pycni Ready again on {victim} (routes to the other nodes back)", 300)
+
     def pods_back():  # each pod on a new sandbox, Ready, with an address
         now = {s["name"]: s["id"] for s in k.sandboxes(victim) if s["state"] == "SANDBOX_READY"}
         for p in on_victim:

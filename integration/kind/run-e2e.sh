@@ -4,6 +4,8 @@
 #   -> a second pycni image with another bundle, loaded for the rolling update
 #   -> e2e.py       (pod<->pod without NAT on one node and across nodes, hostPort, ClusterIP and NodePort from every
 #                    node, DNS, rolling update of the DaemonSet, a node reboot, cleanup of leases/veths/rules)
+#   -> operating.sh (metrics scraped once, `pycni leases` on a node), integration/e2e/run.sh ci (Kubernetes' own
+#                    e2e tests, the CI subset; PYCNI_E2E_SUBSET=0 skips it)
 #   -> diagnostics on failure -> cluster.sh down (always, even on failure or Ctrl-C; KEEP_CLUSTER=1 keeps it)
 #
 # Needs the bundle (`make bundle`). PYCNI_KIND_MODE=offline (default: our machines, everything built here) or
@@ -57,4 +59,10 @@ bash "$HERE/images.sh" agent "$UPDATE_IMAGE" "$BUILD/bundle" "e2e-$(date +%s)"
 kind load docker-image --name "$CLUSTER_NAME" "$UPDATE_IMAGE"
 say "running the checks"
 "$PY" "$HERE/e2e.py" --update-image "$UPDATE_IMAGE"
+say "operating pycni: metrics scraped once, pycni leases on a node"
+bash "$HERE/operating.sh"
+if [ "${PYCNI_E2E_SUBSET:-1}" = 1 ]; then
+  say "Kubernetes' own e2e tests: the CI subset (integration/e2e/run.sh ci; docs/e2e-results.md)"
+  bash "$ROOT/integration/e2e/run.sh" ci
+fi
 say "all checks passed"
