@@ -31,17 +31,8 @@ TEST_PKGS=bash,curl,netcat-openbsd,bind9-dnsutils,iproute2,iputils-ping,procps,c
 
 log() { echo "[e2e/build] $*" >&2; }
 die() { log "error: $*"; exit 1; }
-hash_of() {  # a stable key over words and file contents (files given as @path; their contents only, not their paths)
-  local a
-  for a in "$@"; do if [[ $a == @* ]]; then sha256sum <"${a#@}"; else echo "$a"; fi; done | sha256sum | cut -c1-16
-}
-timed() {
-  local name=$1 t0; shift
-  t0=$(date +%s)
-  "$@"
-  log "$name: built in $(($(date +%s) - t0)) s"
-  mkdir -p "$CACHE"; echo "$(date -u +%FT%TZ) $name $(($(date +%s) - t0))s" >>"$CACHE/build-times.log"
-}
+# shellcheck source=../k8s/lib.sh
+source "$MOD/lib.sh"   # hash_of, timed, k8s_ldflags
 
 command -v go >/dev/null || die "no go on PATH"
 K8S_VERSION=$(cd "$MOD" && go list -m -f '{{.Version}}' k8s.io/kubernetes)
@@ -61,12 +52,7 @@ image_tag() {
 E2E_REGISTRY=registry.k8s.io/e2e-test-images
 
 build_bins() {
-  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-  local ld="-s -w" v
-  for v in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ld+=" -X $v.gitVersion=$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor"
-  done
-  ld+=" -X k8s.io/component-base/version.gitTreeState=clean"
+  local ld; ld=$(k8s_ldflags "$K8S_VERSION")
   local key; key=$(hash_of "$(go version)" "$ld" "@$MOD/go.mod" "@$MOD/go.sum" e2e.test agnhost)
   if [ "$(cat "$BIN/.stamp" 2>/dev/null)" = "$key" ]; then log "e2e.test, agnhost: cached in $BIN"; return 0; fi
   local tmp=$BIN.tmp.$$

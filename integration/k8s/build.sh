@@ -21,23 +21,8 @@ mkdir -p "$CACHE"
 log() { echo "[k8s/build] $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# hash_of WORDS... FILES...: a stable key over strings and file contents (files given as @path)
-hash_of() {
-  local a
-  for a in "$@"; do
-    if [[ $a == @* ]]; then sha256sum <"${a#@}"; else echo "$a"; fi  # content only: any clone shares the cache
-  done | sha256sum | cut -c1-16
-}
-
-# timed NAME CMD...: run CMD, report and record its wall time
-timed() {
-  local name=$1 t0 t1; shift
-  t0=$(date +%s)
-  "$@"
-  t1=$(date +%s)
-  log "$name: built in $((t1 - t0)) s"
-  echo "$(date -u +%FT%TZ) $name $((t1 - t0))s" >>"$CACHE/build-times.log"
-}
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"   # hash_of, timed, k8s_ldflags
 
 # fresh DIR KEY: true when DIR holds a complete output for KEY
 fresh() { [ "$(cat "$1/.stamp" 2>/dev/null)" = "$2" ]; }
@@ -105,15 +90,9 @@ one_bin() {
 
 build_bins() {
   check_pins
-  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-  local kv="" v
-  for v in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    kv+=" -X $v.gitVersion=$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor"
-  done
-  kv+=" -X k8s.io/component-base/version.gitTreeState=clean"
   local specs=() c
   for c in "${K8S_CMDS[@]}"; do specs+=("$c=k8s.io/kubernetes/cmd/$c"); done
-  one_bin kubernetes "$HERE" "$K8S_BIN" "-s -w$kv" "" "${specs[@]}"
+  one_bin kubernetes "$HERE" "$K8S_BIN" "$(k8s_ldflags "$K8S_VERSION")" "" "${specs[@]}"
   one_bin etcd "$HERE/modules/etcd" "$ETCD_BIN" "-s -w" "" etcd=go.etcd.io/etcd/server/v3 etcdctl=go.etcd.io/etcd/etcdctl/v3
   one_bin coredns "$HERE/modules/coredns" "$COREDNS_BIN" "-s -w" "" coredns=github.com/coredns/coredns
   one_bin pause "$HERE" "$PAUSE_BIN" "-s -w -X main.version=$PAUSE_VERSION" "$HERE/pause/main.go" pause=./pause
