@@ -79,14 +79,20 @@ def test_capacity_leaves_out_the_gateway_only_when_it_is_in_the_range():
 
 
 def test_pool_usage_counts_lease_names_per_range(tmp_path):
-    pool = pools.from_ipam("net", {"ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00::/120"}]],
-                                   "dataDir": str(tmp_path)})
+    pool = pools.from_ipam("net", {"type": "host-local", "dataDir": str(tmp_path),
+                                   "ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00::/120"}]]})
     (tmp_path / "net").mkdir()
     for name in ("10.1.0.2", "10.1.0.3", "fd00::2", "last_reserved_ip.0", "lock", "010.1.0.4"):
         (tmp_path / "net" / name).write_text("x")
     assert [(u.range, u.leased, u.capacity) for u in pools.usage(pool)] == [
         ("10.1.0.1-10.1.0.254", 2, 253), ("fd00::1-fd00::ff", 1, 254)]
-    assert pools.from_ipam("net", {"ranges": [[{"subnet": "nonsense"}]]}) is None
+    # decoded by host-local's own rules (ipam/config.py): what the plugin refuses is no pool
+    assert pools.from_ipam("net", {"type": "host-local", "ranges": [[{"subnet": "nonsense"}]]}) is None
+    assert pools.from_ipam("net", {"ranges": [[{"subnet": "10.1.0.0/24"}]]}) is None  # no type (SPEC.md Section 1)
+    assert pools.from_ipam("net", {"type": "host-local", "dataDir": "relative",
+                                   "ranges": [[{"subnet": "10.1.0.0/24"}]]}) is None
+    assert pools.from_ipam("net", {"type": "host-local", "ranges": [[{"subnet": "10.1.0.0/24"}],
+                                                                   [{"subnet": "10.1.0.0/25"}]]}) is None  # overlap
 
 
 def test_conf_dir_finds_pycni_networks_first_file_wins(tmp_path):

@@ -9,10 +9,13 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
+from ..ipam import config
 from ..ipam.ranges import Range
 from ..spec.errors import CNIError
 
-DEFAULT_DATA_DIR = "/var/lib/cni/networks"  # host-local's default (ipam/config.py)
+DEFAULT_DATA_DIR = config.DEFAULT_DATA_DIR
 
 
 @dataclass(frozen=True)
@@ -42,25 +45,15 @@ def capacity(r: Range) -> int:
 
 
 def from_ipam(network: str, ipam: dict) -> Pool | None:
-    """The pool of a host-local `ipam` section (ranges or the legacy subnet); None if it has none
-    that parses - the plugin itself reports such a configuration, here it is just not a pool."""
-    raw: list[dict] = []
-    if isinstance(ipam.get("subnet"), str):
-        raw.append({"subnet": ipam["subnet"], "rangeStart": ipam.get("rangeStart"),
-                    "rangeEnd": ipam.get("rangeEnd"), "gateway": ipam.get("gateway")})
-    for rs in ipam.get("ranges") or []:
-        if isinstance(rs, list):
-            raw += [r for r in rs if isinstance(r, dict)]
-    ranges = []
-    for r in raw:
-        try:
-            ranges.append(Range.build(r.get("subnet"), r.get("rangeStart"), r.get("rangeEnd"), r.get("gateway")))
-        except CNIError:
-            continue
-    data_dir = ipam.get("dataDir") if isinstance(ipam.get("dataDir"), str) and ipam.get("dataDir") else DEFAULT_DATA_DIR
-    if not ranges or not os.path.isabs(data_dir):
+    """The pool of a host-local `ipam` section, decoded by host-local's own rules (ipam/config.py); None when
+    the section is not a valid host-local configuration - the plugin itself reports that, here it is just
+    not a pool."""
+    try:
+        model = config.IPAMModel.model_validate(ipam)
+        sets = config.build_range_sets(config.configured_ranges(model))
+        return Pool(network, config.data_dir(model.dataDir), tuple(r for rs in sets for r in rs.ranges))
+    except (ValidationError, CNIError):
         return None
-    return Pool(network, os.path.normpath(data_dir), tuple(ranges))
 
 
 def leased_addresses(path: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:

@@ -54,17 +54,18 @@ class IPAMConfig:
     requested: tuple[IPAddress, ...]
 
 
-def _range_sets(conf: Config) -> list[RangeSet]:
-    ipam = conf.ipam
+def configured_ranges(ipam: IPAMModel) -> list[list[IPRange]]:
+    """The range sets the configuration names: the legacy single range first, then `ranges`."""
     raw_sets: list[list[IPRange]] = []
-    if conf.runtimeConfig.ipRanges:
-        # CONVENTIONS.md "ipRanges": the runtime's ranges replace the configured ones.
-        raw_sets = conf.runtimeConfig.ipRanges
-    else:
-        if ipam.subnet:
-            raw_sets.append([IPRange(subnet=ipam.subnet, rangeStart=ipam.rangeStart, rangeEnd=ipam.rangeEnd,
-                                        gateway=ipam.gateway)])
-        raw_sets.extend(ipam.ranges)
+    if ipam.subnet:
+        raw_sets.append([IPRange(subnet=ipam.subnet, rangeStart=ipam.rangeStart, rangeEnd=ipam.rangeEnd,
+                                 gateway=ipam.gateway)])
+    raw_sets.extend(ipam.ranges)
+    return raw_sets
+
+
+def build_range_sets(raw_sets: list[list[IPRange]]) -> list[RangeSet]:
+    """Validated range sets: each range well-formed, one family per set, no overlap within or across sets."""
     if not raw_sets:
         raise CNIError(INVALID_CONFIG, "no IP ranges specified", "set ipam.ranges or ipam.subnet")
     sets = []
@@ -77,6 +78,11 @@ def _range_sets(conf: Config) -> list[RangeSet]:
             if a.overlaps(sets[j]):
                 raise CNIError(INVALID_CONFIG, f"range set {i} overlaps with {j}")
     return sets
+
+
+def _range_sets(conf: Config) -> list[RangeSet]:
+    # CONVENTIONS.md "ipRanges": the runtime's ranges replace the configured ones.
+    return build_range_sets(conf.runtimeConfig.ipRanges or configured_ranges(conf.ipam))
 
 
 def _requested(conf: Config, cni_args: CniArgs) -> list[IPAddress]:
@@ -98,7 +104,7 @@ def _requested(conf: Config, cni_args: CniArgs) -> list[IPAddress]:
     return out
 
 
-def _data_dir(value: str) -> str:
+def data_dir(value: str) -> str:
     if not value or not os.path.isabs(value) or "\x00" in value:
         raise CNIError(INVALID_CONFIG, "ipam.dataDir must be an absolute path", repr(value)[:200])
     if any(part == ".." for part in value.split("/")):
@@ -115,7 +121,7 @@ def ipam_config(conf: Config, cni_args: CniArgs) -> IPAMConfig:
         network=conf.name,
         range_sets=tuple(sets),
         routes=tuple(conf.ipam.routes),
-        data_dir=_data_dir(conf.ipam.dataDir),
+        data_dir=data_dir(conf.ipam.dataDir),
         resolv_conf=conf.ipam.resolvConf,
         requested=tuple(_requested(conf, cni_args)),
     )
