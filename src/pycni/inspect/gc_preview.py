@@ -62,9 +62,13 @@ def plan(net: netconfs.Network, valid: Valid, veths: list[attachments.Veth]) -> 
 
 def load_valid(args) -> Valid:
     if args.valid_from_cri:
-        from . import cri
+        # every sandbox the runtime lists, ready or not: a stopped sandbox keeps its network until it is
+        # removed (the runtime DELs it then); a sandbox ID is the CNI_CONTAINERID the runtime gave pycni
+        from ..agent import cri
 
-        return Valid(ids=cri.sandbox_ids(args.valid_from_cri), source=f"CRI {args.valid_from_cri}")
+        path = args.valid_from_cri.removeprefix("unix://")
+        return Valid(ids={sb.id for sb in cri.list_pod_sandboxes(path, timeout=30.0)},
+                     source=f"CRI {args.valid_from_cri}")
     if args.valid_attachments:
         with open(args.valid_attachments, encoding="utf-8") as f:
             items = json.load(f)
