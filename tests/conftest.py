@@ -233,3 +233,15 @@ def bundle_dir(bundle_tarball, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle")
     subprocess.run(["tar", "-C", str(out), "-xzf", str(bundle_tarball)], check=True)
     return out
+
+
+def service_account_dir(tmp: Path) -> tuple[Path, Path]:
+    """A pod's service-account directory for talking to tests/agent_fake_api.py: `tmp/sa` with a self-signed
+    `ca.crt` for 127.0.0.1 and a bearer `token`; returns (that directory, the server's key `tmp/k.pem`)."""
+    sa, key = tmp / "sa", tmp / "k.pem"
+    sa.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(sa / "ca.crt"), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    (sa / "token").write_text("sa-token")
+    return sa, key

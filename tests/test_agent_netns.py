@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import IS_ROOT, REFERENCE_DIR, VENV_BIN, exec_plugin, in_ns
+from conftest import IS_ROOT, REFERENCE_DIR, VENV_BIN, exec_plugin, in_ns, service_account_dir
 
 pytestmark = [pytest.mark.skipif(not IS_ROOT, reason="needs root and network namespaces"), pytest.mark.root]
 
@@ -222,18 +222,13 @@ def test_kube_mode_follows_the_api_and_stops_during_a_watch(cluster):
     """`--kube` for real: a fake API server (TLS, bearer token) inside node n1's namespace, the agent
     reading it with a service account dir; a node added through the API is routed within a watch
     round-trip, and SIGTERM ends the agent while it blocks in a watch."""
-    sa = cluster.tmp / "sa"
-    sa.mkdir()
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(cluster.tmp / "k.pem"),
-                    "-out", str(sa / "ca.crt"), "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-    (sa / "token").write_text("sa-token")
+    sa, key = service_account_dir(cluster.tmp)
     api_nodes = cluster.tmp / "api-nodes.json"
     api_nodes.write_text(json.dumps([_k8s_node("n1", N1, "10.246.1.0/24"), _k8s_node("n2", N2, "10.246.2.0/24")]))
     port = "16443"
     server = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{cluster.n1}", "--", sys.executable,
                                str(Path(__file__).with_name("agent_fake_api.py")), port, str(api_nodes),
-                               str(sa / "ca.crt"), str(cluster.tmp / "k.pem"), str(sa / "token")],
+                               str(sa / "ca.crt"), str(key), str(sa / "token")],
                               stdout=subprocess.PIPE, text=True)
     agent = None
     try:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import IS_ROOT, REFERENCE_DIR, VENV_BIN, exec_plugin, in_ns
+from conftest import IS_ROOT, REFERENCE_DIR, VENV_BIN, exec_plugin, in_ns, service_account_dir
 
 from pycni.agent import conflist
 
@@ -343,18 +343,13 @@ def test_kube_mode_list_watch_enforce(lab, capsys):
     node n1's namespace serves LIST and streaming WATCH of pods, namespaces and policies from the lab's
     state; a policy created, a pod relabelled and the policy deleted through it reach the kernel. Prints the
     time from each change to its enforcement (docs/networkpolicy.md)."""
-    sa = lab.tmp / "sa"
-    sa.mkdir()
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(lab.tmp / "k.pem"),
-                    "-out", str(sa / "ca.crt"), "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-    (sa / "token").write_text("sa-token")
+    sa, key = service_account_dir(lab.tmp)
     lab.write_state()
     n1 = lab.node_ns["n1"]
     port = "16444"
     server = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{n1}", "--", sys.executable,
                                str(Path(__file__).with_name("agent_fake_api.py")), port, str(lab.state),
-                               str(sa / "ca.crt"), str(lab.tmp / "k.pem"), str(sa / "token")],
+                               str(sa / "ca.crt"), str(key), str(sa / "token")],
                               stdout=subprocess.PIPE, text=True)
     lab.procs.append(server)
     assert server.stdout.readline().strip() == "ready"
