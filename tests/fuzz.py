@@ -20,7 +20,8 @@ Targets (`fuzz.py TARGET [libFuzzer flags...]`, e.g. `-max_total_time=600`):
             of its own attachment (ADD, DEL) or of attachments not in the list (GC).
 
 A finding makes libFuzzer stop with the input saved as crash-<sha1> in the working directory:
-`fuzz.py TARGET crash-<sha1>` replays it. tests/test_fuzz.py runs both targets briefly in the test suite;
+`fuzz.py TARGET crash-<sha1>` replays it; once fixed, it goes into tests/fuzz_corpus/TARGET/ and every run
+starts with it. tests/test_fuzz.py runs both targets briefly in the test suite (with a fixed seed);
 `make stress` runs them longer (FUZZ_SECONDS), keeping the corpus in build/fuzz/ between runs.
 PYCNI_FUZZ_WORK: the directory the store target works in (default: a new temporary directory).
 """
@@ -333,6 +334,8 @@ def main(argv: list[str]) -> None:
         corpus.mkdir(parents=True, exist_ok=True)
         for i, seed in enumerate(protocol_seeds() if target == "protocol" else store_seeds()):
             (corpus / f"seed-{i}").write_bytes(seed)
+        for found in sorted((Path(__file__).resolve().parent / "fuzz_corpus" / target).glob("*")):
+            (corpus / f"regression-{found.name}").write_bytes(found.read_bytes())  # past findings, run first
         paths = [str(corpus), *paths[1:]]
     if target == "protocol":
         _decode_only_verbs()

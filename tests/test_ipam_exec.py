@@ -519,6 +519,21 @@ def test_stray_temporaries_are_swept(tmp_path, verb):
     assert set(leases(tmp_path)) == expected
 
 
+def test_only_regular_temporaries_are_swept(tmp_path):
+    """Every writer creates its temporary as a regular file: a symlink, FIFO or directory with our prefix
+    is somebody else's and survives the sweep (found by tests/fuzz.py store)."""
+    conf = netconf(tmp_path, "1.0.0")
+    ok(run("ADD", conf, container_id="a"))
+    netdir = tmp_path / NET
+    (netdir / ".pycni-tmp-link").symlink_to("x")
+    os.mkfifo(netdir / ".pycni-tmp-fifo")
+    (netdir / ".pycni-tmp-dir").mkdir()
+    ok(run("ADD", conf, container_id="b"))
+    names = {p.name for p in netdir.iterdir()}
+    assert {n for n in names if n.startswith(".pycni-tmp-")} == {".pycni-tmp-link", ".pycni-tmp-fifo", ".pycni-tmp-dir"}
+    assert {"10.1.0.2", "10.1.0.3"} <= names and "10.1.0.4" not in names
+
+
 def test_lease_files_are_not_world_writable(tmp_path):
     ok(run("ADD", netconf(tmp_path, "1.0.0")))
     for name in ("10.1.0.2", "last_reserved_ip.0"):

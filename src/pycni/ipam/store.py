@@ -305,14 +305,16 @@ class DiskStore:
     def _sweep_temporaries(self) -> None:
         """Temporary files seen while we hold the lock belong to writers that died: remove them.
 
-        Best effort: a name we cannot remove (a directory someone made with our prefix, an immutable
-        file) is not ours and must not stop the verb - every writer uses a fresh temporary name."""
+        Only regular files are ours (every writer creates its temporary with O_CREAT|O_EXCL): a symlink,
+        a FIFO or a directory someone made with our prefix is left alone, and a name we cannot remove (an
+        immutable file) must not stop the verb - every writer uses a fresh temporary name."""
         names = self._names() if self._watch is not None else [e.name for e in os.scandir(self.dir_fd)]
         for name in [n for n in names if n.startswith(TMP_PREFIX)]:
             try:
-                os.unlink(name, dir_fd=self.dir_fd)
+                if stat.S_ISREG(os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False).st_mode):
+                    os.unlink(name, dir_fd=self.dir_fd)
             except OSError:
-                pass  # FileNotFoundError: gone already; EISDIR, EPERM...: not one of our temporaries
+                pass  # FileNotFoundError: gone already; EPERM...: not one we may remove
 
     # -- reading ------------------------------------------------------------------------------------------
 
