@@ -157,9 +157,9 @@ class Agent:
             status["errors"].append(f"node {a.node_name!r} has no pod CIDR yet")
         versions = {4 if ":" not in c else 6 for c in pod_cidrs}
         if 4 in versions or not versions:
-            sysctl.ensure("net/ipv4/ip_forward", "1")
+            sysctl.forwarding(4)
         if 6 in versions:
-            sysctl.ensure("net/ipv6/conf/all/forwarding", "1")
+            sysctl.forwarding(6)
         # kube-proxy (iptables/nftables) must see bridged pod-to-pod traffic, or a Service whose backend is on
         # the client's own bridge answers with the backend's address (un-DNATed). Only when br_netfilter is loaded.
         # Without br_netfilter (a module of the node's kernel: a pod cannot load it) that case is broken: said
