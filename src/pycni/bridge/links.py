@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import faults
 from ..spec.errors import INVALID_CONFIG, KERNEL, CNIError
+from ..spec.result import U32_MAX
 from . import netlink
 from .netlink import IFF_PROMISC, IFF_UP, Link, kernel
 from .sysctl import write_sysctl
@@ -316,7 +317,7 @@ _U32_ROUTE_FIELDS = ("mtu", "advmss", "priority", "table")
 def add_route(ipr: Any, index: int, route: dict, ifname: str) -> None:
     for key in _U32_ROUTE_FIELDS:
         value = route.get(key)
-        if value is not None and not 0 <= value <= 0xFFFFFFFF:
+        if value is not None and not 0 <= value <= U32_MAX:
             raise CNIError(INVALID_CONFIG, f"route {route.get('dst')}: {key} {value} does not fit in 32 bits")
     dst = ipaddress.ip_network(route["dst"])
     # proto boot, as iproute2 and the reference (vishvananda/netlink) add routes; pyroute2 says static
