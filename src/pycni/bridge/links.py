@@ -26,7 +26,6 @@ from .sysctl import write_sysctl
 if TYPE_CHECKING:
     from .netns import Pod
 
-__all__ = ["IFF_PROMISC", "IFF_UP", "Link"]  # re-exported: what a lookup returns
 
 # IEEE 802: bit 0 of the first octet marks a multicast MAC, bit 1 a locally administered one
 _MAC_MULTICAST, _MAC_LOCAL = 0x01, 0x02
