@@ -1,4 +1,10 @@
-"""Shared test helpers.
+"""Shared test helpers, and the one rule that says which tests need root.
+
+Layout (like src/): tests/unit/ holds every test that needs no root, no network namespace and no kernel
+state (`make test-unit`); tests/netns/ every test that needs root and network namespaces - each one is
+marked `root` here and skipped without root, so no test file carries its own root marker; tests/support/
+the helpers both import (on sys.path through pyproject.toml's `pythonpath`). Tests against real container
+runtimes and clusters live with their harness in integration/runtimes and integration/kindlab.
 
 `exec_plugin` runs an installed plugin executable the way a runtime does (env + stdin, one
 subprocess) and parses its single stdout document. `netns` creates network namespaces that are
@@ -20,7 +26,10 @@ from pathlib import Path
 import pytest
 
 VENV_BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+SUPPORT = TESTS / "support"
+NETNS_TESTS = TESTS / "netns"
 # Debian's containernetworking-plugins 1.1.1: the default source of helper plugins (loopback, a
 # delegated host-local) for tests that do not compare against a reference.
 REFERENCE_DIR = Path("/usr/lib/cni")
@@ -76,13 +85,23 @@ def reference(request) -> Reference:
     return ref
 
 
+def _fixtures_of(item) -> set[str]:
+    """The fixtures a test uses (not its parametrized arguments, which may share a fixture's name)."""
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    return set(getattr(item, "fixturenames", ())) - set(params)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    """`make test-unit` runs `-m "not root"`: a test that skips without root is a root test, whether or
-    not its module remembered the mark."""
+    """Every test under tests/netns/ needs root and network namespaces: marked `root` (`-m "not root"`
+    leaves them out) and skipped without root. Decided by where the file lives, never by the file."""
+    reason = "needs root and network namespaces (tests/netns/)"
     for item in items:
-        if item.get_closest_marker("root") is None and any(
-                "root" in str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif")):
+        if item.path.is_relative_to(NETNS_TESTS):
             item.add_marker(pytest.mark.root)
+            if not IS_ROOT:
+                item.add_marker(pytest.mark.skip(reason=reason))
+        elif item.path.is_relative_to(TESTS) and {"netns", "node"} & _fixtures_of(item):
+            raise pytest.UsageError(f"{item.nodeid} uses network namespaces: it belongs in tests/netns/")
 
 
 def plugin_exe(name: str) -> str:

@@ -15,13 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import IS_ROOT, REFERENCE_DIR, VENV_BIN, exec_plugin, in_ns, service_account_dir
-
-pytestmark = [pytest.mark.skipif(not IS_ROOT, reason="needs root and network namespaces"), pytest.mark.root]
+from conftest import REFERENCE_DIR, SUPPORT, VENV_BIN, exec_plugin, in_ns, service_account_dir
 
 CLUSTER = "10.246.0.0/16"
 N1, N2, N3 = "172.31.250.1", "172.31.250.2", "172.31.250.3"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def nodes_doc(*entries) -> str:
@@ -227,7 +225,7 @@ def test_kube_mode_follows_the_api_and_stops_during_a_watch(cluster):
     api_nodes.write_text(json.dumps([_k8s_node("n1", N1, "10.246.1.0/24"), _k8s_node("n2", N2, "10.246.2.0/24")]))
     port = "16443"
     server = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{cluster.n1}", "--", sys.executable,
-                               str(Path(__file__).with_name("agent_fake_api.py")), port, str(api_nodes),
+                               str(SUPPORT / "agent_fake_api.py"), port, str(api_nodes),
                                str(sa / "ca.crt"), str(key), str(sa / "token")],
                               stdout=subprocess.PIPE, text=True)
     agent = None

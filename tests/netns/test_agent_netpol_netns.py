@@ -17,13 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import IS_ROOT, REFERENCE_DIR, VENV_BIN, exec_plugin, in_ns, service_account_dir
+from conftest import REFERENCE_DIR, SUPPORT, VENV_BIN, exec_plugin, in_ns, service_account_dir
 
 from pycni.agent import conflist
 
-pytestmark = [pytest.mark.skipif(not IS_ROOT, reason="needs root and network namespaces"), pytest.mark.root]
-
-PROBE = str(Path(__file__).with_name("netpol_probe.py"))
+PROBE = str(SUPPORT / "netpol_probe.py")
 N1, N2 = "172.31.251.1", "172.31.251.2"
 CIDRS = {"n1": "10.247.1.0/24", "n2": "10.247.2.0/24"}
 PORTS = ("80", "81", "8080")
@@ -348,7 +346,7 @@ def test_kube_mode_list_watch_enforce(lab, capsys):
     n1 = lab.node_ns["n1"]
     port = "16444"
     server = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{n1}", "--", sys.executable,
-                               str(Path(__file__).with_name("agent_fake_api.py")), port, str(lab.state),
+                               str(SUPPORT / "agent_fake_api.py"), port, str(lab.state),
                                str(sa / "ca.crt"), str(key), str(sa / "token")],
                               stdout=subprocess.PIPE, text=True)
     lab.procs.append(server)

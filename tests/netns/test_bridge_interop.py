@@ -17,21 +17,20 @@ import re
 import subprocess
 
 import pytest
-from conftest import VENV_BIN, Reference, in_ns
-from test_bridge_support import (
+from bridge_support import (
     ROOT,
     Env,
     bridge_run_dir_cleanup,
-    needs_root,
     start_tcp_server,
     stop,
     tcp_get,
     veth_of,
 )
+from conftest import VENV_BIN, Reference, in_ns
 
 __all__ = ["bridge_run_dir_cleanup"]  # a session fixture, imported to register it
 
-pytestmark = [needs_root, pytest.mark.root, pytest.mark.reference]
+pytestmark = pytest.mark.reference
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,11 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from test_bridge_support import (
+from bridge_support import (
     CNI_PATH,
     Env,
     bridge_run_dir_cleanup,
     ips_of,
-    needs_root,
     ns_path,
     start_tcp_server,
     stop,
@@ -23,8 +22,6 @@ from test_bridge_support import (
 )
 
 __all__ = ["bridge_run_dir_cleanup"]  # a session fixture, imported to register it
-
-pytestmark = [needs_root, pytest.mark.root]
 
 
 @pytest.fixture

@@ -21,9 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import IS_ROOT, in_ns
-
-pytestmark = [pytest.mark.root, pytest.mark.skipif(not IS_ROOT, reason="needs root (chroot, netns, mounts)")]
+from conftest import in_ns
 
 BUSYBOX = Path("/bin/busybox")
 SUPPORT = "pycni.d"

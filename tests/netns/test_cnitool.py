@@ -13,12 +13,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_bridge_support import Env, bridge_run_dir_cleanup, needs_root
-from test_gc import CNITOOL, DRIVER, lib
+from bridge_support import Env, bridge_run_dir_cleanup
+from test_bridge_gc import CNITOOL, DRIVER, lib
 
 __all__ = ["bridge_run_dir_cleanup", "lib"]  # fixtures, imported to register them
-
-pytestmark = [needs_root, pytest.mark.root]
 
 
 @pytest.fixture

@@ -13,11 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import reliability as rel
 import storm
-from test_bridge_support import bridge_run_dir_cleanup, needs_root
+from bridge_support import bridge_run_dir_cleanup
 
 __all__ = ["bridge_run_dir_cleanup"]
-
-pytestmark = [needs_root, pytest.mark.root]
 
 
 @pytest.fixture

@@ -22,11 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import reliability as rel
-from test_bridge_support import bridge_run_dir_cleanup, needs_root
+from bridge_support import bridge_run_dir_cleanup
 
 __all__ = ["bridge_run_dir_cleanup"]
-
-pytestmark = [needs_root, pytest.mark.root]
 
 ADD_POINTS, DEL_POINTS, Setup = rel.ADD_POINTS, rel.DEL_POINTS, rel.CrashSetup
 

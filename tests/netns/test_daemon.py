@@ -18,10 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+from bridge_support import CNI_PATH, Env, ips_of, ns_path
 from conftest import VENV_BIN, exec_plugin
-from test_bridge_support import CNI_PATH, Env, ips_of, needs_root, ns_path
-
-pytestmark = needs_root
 
 
 class Daemon:
@@ -441,7 +439,7 @@ def native(tmp_path) -> Path:
 
     out = tmp_path / "native"
     out.mkdir()
-    src = Path(__file__).resolve().parent.parent / "src" / "pycni" / "daemon" / "shim.c"
+    src = Path(__file__).resolve().parents[2] / "src" / "pycni" / "daemon" / "shim.c"
     subprocess.run([cc, "-O2", "-Wall", "-Werror", "-o", str(out / "pycni"), str(src),
                     f'-DPYCNI_PYTHON="{sys.executable}"', f'-DPYCNI_VERSION="{__version__}"'], check=True)
     (out / "pycni-host-local").symlink_to("pycni")
@@ -495,7 +493,7 @@ def test_native_shim_falls_back_to_the_python_plugin(env, daemon, native, tmp_pa
     # a daemon of another version refuses: the shim runs the verb itself
     other = tmp_path / "other"
     other.mkdir()
-    src = Path(__file__).resolve().parent.parent / "src" / "pycni" / "daemon" / "shim.c"
+    src = Path(__file__).resolve().parents[2] / "src" / "pycni" / "daemon" / "shim.c"
     subprocess.run(["cc", "-O2", "-o", str(other / "pycni-host-local"), str(src),
                     f'-DPYCNI_PYTHON="{sys.executable}"', '-DPYCNI_VERSION="0.0.0-other"'], check=True)
     net = {"cniVersion": "1.0.0", "name": "testnet", "type": "pycni-host-local", "ipam": conf["ipam"]}

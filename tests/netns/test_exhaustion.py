@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import pytest
 import reliability as rel
-from test_bridge_support import bridge_run_dir_cleanup, needs_root
+from bridge_support import bridge_run_dir_cleanup
 
 __all__ = ["bridge_run_dir_cleanup"]
-
-pytestmark = [needs_root, pytest.mark.root]
 
 RANGE = {"subnet": "10.69.0.0/24", "rangeStart": "10.69.0.10", "rangeEnd": "10.69.0.12"}
 

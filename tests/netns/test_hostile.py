@@ -24,11 +24,9 @@ from dataclasses import dataclass, field
 
 import pytest
 import reliability as rel
-from test_bridge_support import bridge_run_dir_cleanup, needs_root
+from bridge_support import bridge_run_dir_cleanup
 
 __all__ = ["bridge_run_dir_cleanup"]
-
-pytestmark = [needs_root, pytest.mark.root]
 
 NET = "hnet"
 V4 = {"subnet": "10.99.0.0/24"}

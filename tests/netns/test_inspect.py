@@ -9,11 +9,10 @@ import json
 import subprocess
 
 import pytest
+from bridge_support import Env
 from conftest import VENV_BIN, in_ns
-from test_bridge_support import Env, needs_root
 from test_daemon import Daemon
 
-pytestmark = needs_root
 COLD = {"extra_env": {"PYCNI_NO_DAEMON": "1"}}
 
 

@@ -12,12 +12,11 @@ import subprocess
 import sys
 
 import pytest
+from bridge_support import CNI_PATH, Env, ns_path
 from conftest import VENV_BIN, in_ns
 from prometheus_client.parser import text_string_to_metric_families
-from test_bridge_support import CNI_PATH, Env, needs_root, ns_path
 from test_daemon import Daemon, warm
 
-pytestmark = needs_root
 ADDRESS = "127.0.0.1:9472"
 
 
@@ -133,8 +132,8 @@ def test_requests_served_standalone_are_counted_from_the_spool(env, netns, conf,
 
 
 def in_ns_plugin(node: str, conf: dict, pod, extra: dict, command: str = "ADD"):
+    from bridge_support import CNI_PATH
     from conftest import exec_plugin
-    from test_bridge_support import CNI_PATH
 
     return exec_plugin("pycni", command, conf, container_id=pod.cid, netns=pod.path, ifname=pod.ifname,
                        path=CNI_PATH, node=node, extra_env=extra)

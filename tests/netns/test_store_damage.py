@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pytest
 import reliability as rel
-from test_bridge_support import bridge_run_dir_cleanup, needs_root
+from bridge_support import bridge_run_dir_cleanup
 
 __all__ = ["bridge_run_dir_cleanup"]
-
-pytestmark = [needs_root, pytest.mark.root]
 
 NET = "dmg"
 SUBNET = "10.68.0.0/24"

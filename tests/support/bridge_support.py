@@ -16,13 +16,10 @@ from pathlib import Path
 
 import pytest
 import reliability
-from conftest import IS_ROOT, REFERENCE_DIR, VENV_BIN, Namespaces, PluginRun, exec_plugin, in_ns
+from conftest import REFERENCE_DIR, VENV_BIN, Namespaces, PluginRun, exec_plugin, in_ns
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CNI_PATH = f"{VENV_BIN}:{REFERENCE_DIR}"
-
-needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root and network namespaces")
-
 
 def ns_path(name: str) -> str:
     return Namespaces.path(name)

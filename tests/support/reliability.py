@@ -28,7 +28,7 @@ from pathlib import Path
 
 from conftest import PluginRun
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 REFERENCE_DIR = Path("/usr/lib/cni")
 CNI_PATH = f"{VENV_BIN}:{REFERENCE_DIR}"

@@ -343,7 +343,7 @@ def test_status_and_del_do_not_import_pyroute2(tmp_path):
 
 # -- conf/ examples --------------------------------------------------------------------------------
 
-CONF_DIR = os.path.join(os.path.dirname(__file__), "..", "conf")
+CONF_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "conf")
 EXAMPLES = sorted(f for f in os.listdir(CONF_DIR) if f.endswith(".conflist"))
 
 

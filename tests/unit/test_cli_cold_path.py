@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import IS_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def imports_of(command: str, conf: dict | None, **env: str) -> tuple[subprocess.CompletedProcess, set[str]]:

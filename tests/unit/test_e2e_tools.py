@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-E2E = Path(__file__).resolve().parent.parent / "integration" / "e2e"
+E2E = Path(__file__).resolve().parents[2] / "integration" / "e2e"
 
 
 @pytest.mark.parametrize("script", ["build.sh", "run.sh"])

@@ -1,4 +1,4 @@
-"""A short coverage-guided fuzzing run of the protocol layer and the lease store (tests/fuzz.py; the
+"""A short coverage-guided fuzzing run of the protocol layer and the lease store (tests/support/fuzz.py; the
 long runs are in `make stress`). Any input giving code 100, a traceback, a changed store or a hang is
 a finding: libFuzzer stops, and the input is shown here and saved as crash-* under the test's tmp_path.
 No root needed: the store target works in tmp_path and the protocol target never reaches a kernel."""
@@ -8,13 +8,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import SUPPORT
 
 pytest.importorskip("atheris")
 
-FUZZ = Path(__file__).resolve().parent / "fuzz.py"
+FUZZ = SUPPORT / "fuzz.py"
 SECONDS = 20  # per target: both together, start-up included, stay under a minute
 SEED = 1  # the suite explores the same inputs on every run (a finding reproduces); `make stress` varies it
 

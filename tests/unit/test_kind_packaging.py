@@ -15,7 +15,7 @@ import pytest
 
 from pycni.agent.main import parse_args
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KIND = ROOT / "integration" / "kind"
 
 

@@ -10,7 +10,7 @@ import re
 
 import pytest
 from conftest import exec_plugin
-from test_cold_path import imports_of
+from test_cli_cold_path import imports_of
 
 from pycni import logfmt, runstate
 from pycni.daemon import spool
