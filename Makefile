@@ -72,14 +72,15 @@ uninstall:
 	rm -f $(CNI_BIN_DIR)/pycni $(CNI_BIN_DIR)/pycni-host-local
 	rm -rf $(PYCNI_HOME)
 
-# The test suite (root tests create their own network namespaces and skip without root).
+# The test suite: tests/unit (no root), tests/netns (root: each test in network namespaces of its own; skipped
+# without root), the real runtimes and the docker-node cluster (integration/runtimes, integration/kindlab).
 test: deps venv build
 	$(VPY) -m pytest -q $(PYTEST_ARGS) tests integration/runtimes integration/kindlab
 
 # Subsets: the node agent; the three-node docker cluster; a real kind cluster (needs kind, kubectl, images).
 test-agent: venv
-	$(VPY) -m pytest -q tests/test_agent_unit.py tests/test_agent_netns.py tests/test_kind_packaging.py \
-	  tests/test_netpol_unit.py tests/test_netpol_netns.py
+	$(VPY) -m pytest -q tests/unit/test_agent_unit.py tests/unit/test_agent_stale.py tests/netns/test_agent_netns.py \
+	  tests/unit/test_kind_packaging.py tests/unit/test_agent_netpol_unit.py tests/netns/test_agent_netpol_netns.py
 
 test-cluster: deps venv
 	$(VPY) -m pytest -q -m cluster integration/kindlab
@@ -121,7 +122,7 @@ test-portable: deps venv
 	done
 	$(PORTABLE)/home/bin/python -I -c 'import pycni.cli, pycni.bridge.verbs, pycni.ipam.verbs, pycni.daemon.server'
 	PYCNI_BUNDLE=$(PORTABLE)/pycni-bundle.tar.gz PYCNI_BUNDLE_PYTHON=$(PORTABLE_PYTHON) \
-	  $(VPY) -m pytest -q $(PYTEST_ARGS) tests/test_bundle.py tests/test_agent_netns.py::test_installs_the_bundle
+	  $(VPY) -m pytest -q $(PYTEST_ARGS) tests/netns/test_bundle.py tests/netns/test_agent_netns.py::test_installs_the_bundle
 
 # pycni against the Go reference plugins, same machine, same run (docs/performance.md); as root.
 bench: venv build
@@ -136,14 +137,14 @@ STRESS_ARGS ?=
 stress: venv
 	$(VPY) integration/stress.py $(STRESS_ARGS)
 	mkdir -p $(BUILD)/fuzz/protocol $(BUILD)/fuzz/store
-	cd $(BUILD)/fuzz && $(abspath $(VPY)) $(CURDIR)/tests/fuzz.py protocol -max_total_time=$(FUZZ_SECONDS) -timeout=30 protocol
-	cd $(BUILD)/fuzz && PYCNI_FUZZ_WORK=$(abspath $(BUILD))/fuzz $(abspath $(VPY)) $(CURDIR)/tests/fuzz.py store -max_total_time=$(FUZZ_SECONDS) -timeout=30 store
+	cd $(BUILD)/fuzz && $(abspath $(VPY)) $(CURDIR)/tests/support/fuzz.py protocol -max_total_time=$(FUZZ_SECONDS) -timeout=30 protocol
+	cd $(BUILD)/fuzz && PYCNI_FUZZ_WORK=$(abspath $(BUILD))/fuzz $(abspath $(VPY)) $(CURDIR)/tests/support/fuzz.py store -max_total_time=$(FUZZ_SECONDS) -timeout=30 store
 
-# Every test that needs no root (no namespaces): the protocol layer, the config models, the allocator,
-# host-local exec'd against the reference... Root tests carry the `root` mark (tests/conftest.py adds
-# it to any test that skips without root).
+# Every test that needs no root, no network namespace and no kernel state (tests/unit/): the protocol layer,
+# the config models, the allocator, host-local exec'd against the reference... Tests that need root and
+# namespaces live in tests/netns/ (tests/conftest.py marks them `root` and skips them without root).
 test-unit: venv build
-	$(VPY) -m pytest -q -m "not root" tests
+	$(VPY) -m pytest -q $(PYTEST_ARGS) tests/unit
 
 # Lint (ruff) everything; type-check (mypy) the pure layers spec/ and ipam/ (files: pyproject.toml).
 check: venv

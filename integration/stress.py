@@ -3,10 +3,10 @@
 
   1. crash sweep: SIGKILL pycni / pycni-host-local at every named step of ADD and DEL
      (PYCNI_FAULT, see src/pycni/faults.py) `--sweeps` times, plus `--random-kills` kills after a
-     random delay; after each, one DEL must restore the node exactly (tests/reliability.CrashSetup);
+     random delay; after each, one DEL must restore the node exactly (tests/support/reliability.CrashSetup);
   2. storm: `--ops` random ADD / DEL / CHECK / GC operations from `--workers` workers on one store,
      pycni exec'd and in-process, the reference host-local exec'd alongside, a fraction
-     (`--kill-rate`) SIGKILLed after a random delay and recovered with a DEL (tests/storm.py), with
+     (`--kill-rate`) SIGKILLed after a random delay and recovered with a DEL (tests/support/storm.py), with
      invariant checks after every step and full checks every 100 steps and after every GC.
 
 Everything runs in network namespaces created here (and removed at the end, also on Ctrl-C or
@@ -24,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path[:0] = [str(TESTS / "support"), str(TESTS)]  # reliability and storm; conftest (which they import)
 
 import reliability as rel
 import storm
