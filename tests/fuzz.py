@@ -148,8 +148,7 @@ def protocol_one(data: bytes) -> None:
     import io
 
     from pycni import cli
-    from pycni.daemon import Refused
-    from pycni.daemon.server import decode_request
+    from pycni.daemon.wire import Refused, check_request
 
     head, _, stdin = data.partition(b"\n")
     fields = head.split(FIELD_SEP)
@@ -160,7 +159,7 @@ def protocol_one(data: bytes) -> None:
         except (UnicodeDecodeError, ValueError, RecursionError):
             return
         try:
-            decode_request(req)
+            check_request(req)
         except Refused:
             pass
         return
