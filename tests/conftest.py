@@ -228,6 +228,18 @@ def bundle_tarball() -> Path:
 
 
 @pytest.fixture(scope="session")
+def native_shim(tmp_path_factory) -> Path:
+    """The native shim (src/pycni/daemon/shim.c) built by integration/shim/build.sh for the venv running the
+    tests (its standalone fallback execs this interpreter), as `pycni` and `pycni-host-local`."""
+    out = tmp_path_factory.mktemp("native")
+    proc = subprocess.run(["bash", str(REPO / "integration" / "shim" / "build.sh"), str(out / "pycni"), sys.executable],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, f"building the shim failed (gcc and libc6-dev: make deps):\n{proc.stderr}"
+    (out / "pycni-host-local").symlink_to("pycni")
+    return out
+
+
+@pytest.fixture(scope="session")
 def bundle_dir(bundle_tarball, tmp_path_factory) -> Path:
     """The bundle extracted: pycni, pycni-host-local and pycni.d/ (as `tar -C /opt/cni/bin -xzf` gives)."""
     out = tmp_path_factory.mktemp("bundle")

@@ -72,7 +72,7 @@ def call(plugin: str, environ: dict[str, str], stdin: bytes) -> tuple[int, str, 
             reader = _Until(sock, deadline_ms / 1000)
             answer = wire.decode_answer(wire.recv_exact(reader, wire.body_size(wire.recv_exact(reader, 4))))
         except TimeoutError:
-            return wire.try_again("timeout", f"{timeout_ms / 1000:g} s on {path}", stdin)
+            return wire.try_again("timeout", wire.TIMEOUT_DETAILS % (timeout_ms / 1000, path), stdin)
         except EOFError as exc:
             return wire.try_again("failed", str(exc), stdin)
         except OSError as exc:

@@ -183,7 +183,7 @@ static void restore_stdin(void) {
         if (w <= 0) cannot_start("write stdin");
         off += (size_t)w;
     }
-    if (lseek(fd, 0, SEEK_SET) != 0 || dup2(fd, 0) != 0) cannot_start("stdin");
+    if (lseek(fd, 0, SEEK_SET) != 0 || dup2(fd, 0) != 0) cannot_start("restoring stdin");
     if (fd != 0) close(fd);
 }
 
@@ -496,11 +496,11 @@ static const char *recv_exact(int fd, char *dst, size_t n, long long deadline_ms
         struct pollfd p = {.fd = fd, .events = POLLIN};
         int r = left > 0 ? poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left) : 0;
         if (r < 0 && errno == EINTR) continue;
-        if (r == 0) return "timeout";
+        if (r == 0) return WIRE_TRY_AGAIN_TIMEOUT;
         ssize_t k = r < 0 ? -1 : recv(fd, dst + got, n - got, 0);
         if (k < 0 && errno == EINTR) continue;
-        if (k < 0) { snprintf(why, whylen, "%s", strerror(errno)); return "failed"; }
-        if (k == 0) { snprintf(why, whylen, "connection closed after %zu of %zu bytes", got, n); return "failed"; }
+        if (k < 0) { snprintf(why, whylen, "%s", strerror(errno)); return WIRE_TRY_AGAIN_FAILED; }
+        if (k == 0) { snprintf(why, whylen, WIRE_CLOSED_DETAILS, (int)got, (int)n); return WIRE_TRY_AGAIN_FAILED; }
         got += (size_t)k;
     }
     return NULL;
@@ -560,20 +560,21 @@ int main(int argc, char **argv) {
     size_t size = 0;
     for (int i = 0; !reason && i < WIRE_HEADER_BYTES; i++) size = size << 8 | (unsigned char)hdr[i];
     if (!reason && (size == 0 || size > WIRE_MAX_FRAME)) {
-        snprintf(why, sizeof why, "bad frame length %zu", size);
-        reason = "garbage";
+        snprintf(why, sizeof why, WIRE_BAD_LENGTH, (int)size);
+        reason = WIRE_TRY_AGAIN_GARBAGE;
     }
     char *body = reason ? NULL : malloc(size + 1);
     if (!reason && !body) cannot_start("malloc");
     if (!reason) reason = recv_exact(fd, body, size, deadline_ms, why, sizeof why);
-    if (reason && !strcmp(reason, "timeout")) snprintf(why, sizeof why, "%g s on %s", (double)timeout_ms / 1000, path);
+    if (reason && !strcmp(reason, WIRE_TRY_AGAIN_TIMEOUT))
+        snprintf(why, sizeof why, WIRE_TIMEOUT_DETAILS, (double)timeout_ms / 1000, path);
     if (reason) { close(fd); try_again(reason, why); }
     body[size] = 0;
 
     long status = -1;
     struct buf out = {0}, err = {0};
     int kind = decode_answer(body, size, &status, &out, &err);
-    if (kind < 0) { close(fd); try_again("garbage", WIRE_NOT_AN_ANSWER); }
+    if (kind < 0) { close(fd); try_again(WIRE_TRY_AGAIN_GARBAGE, WIRE_NOT_AN_ANSWER); }
     if (kind == 0) {
         close(fd);
         if (getenv(WIRE_DEBUG_ENV)) fprintf(stderr, "pycni: daemon refused: %s\n", body);
