@@ -203,8 +203,8 @@ def in_ns(ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess
 
 
 def _bundle_sources() -> list[Path]:
-    return [REPO / "integration" / "bundle" / "build.sh", REPO / "pyproject.toml",
-            *(REPO / "src" / "pycni").rglob("*.py")]
+    return [REPO / "integration" / "bundle" / "build.sh", REPO / "integration" / "shim" / "build.sh",
+            REPO / "pyproject.toml", REPO / "src" / "pycni" / "daemon" / "shim.c", *(REPO / "src" / "pycni").rglob("*.py")]
 
 
 @pytest.fixture(scope="session")
