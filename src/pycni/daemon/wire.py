@@ -30,9 +30,9 @@ that fails mid-request is never retried: the plugin answers CNI error 11 "try ag
 "Error"; the runtime's retry DELs first), and try_again() is the one place that answer is written -
 the C shim execs the installation's interpreter to print it (EXEC_TRY_AGAIN).
 
-This module is imported by every exec'd plugin before anything else: it imports nothing at load time,
-and its answer decoder is CPython's C scanner behind the json package (`_json`), not `json` itself,
-whose `re` import would cost more than the whole handoff.
+This module is imported by every exec'd plugin before anything else: it imports nothing at load time
+(the public `json` package only when a request is encoded or an answer decoded - the Python launcher's
+path, NATIVE_SHIM=0; the default native shim does all of it in C).
 """
 
 from __future__ import annotations
@@ -121,23 +121,10 @@ def recv_exact(sock, n: int) -> bytes:
 # -- encoding -----------------------------------------------------------------------------------------
 
 
-def _object(pairs) -> str:
-    """A JSON object of strings, integers and objects of strings, in the protocol's encoding."""
-    import _json
+def _dumps(value: dict) -> bytes:
+    import json
 
-    enc = _json.encode_basestring_ascii
-    parts = []
-    for key, value in pairs:
-        if isinstance(value, dict):
-            body = _object(value.items())
-        elif isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise TypeError(f"{key}: {type(value).__name__} is not part of the protocol")
-        elif isinstance(value, int):
-            body = str(value)
-        else:
-            body = enc(value)
-        parts.append(f"{enc(key)}:{body}")
-    return "{" + ",".join(parts) + "}"
+    return json.dumps(value, separators=(",", ":")).encode("ascii")  # ensure_ascii: the protocol's encoding
 
 
 def encode_request(plugin: str, environ: dict[str, str], stdin: bytes, deadline_ms: int) -> bytes:
@@ -145,15 +132,15 @@ def encode_request(plugin: str, environ: dict[str, str], stdin: bytes, deadline_
     import binascii
 
     values = (PROTOCOL, _version(), plugin, deadline_ms, environ, binascii.b2a_base64(stdin, newline=False).decode())
-    return frame(_object(zip(REQUEST_KEYS, values)).encode("ascii"))
+    return frame(_dumps(dict(zip(REQUEST_KEYS, values))))
 
 
 def encode_answer(status: int, stdout: str, stderr: str) -> bytes:
-    return frame(_object(zip(ANSWER_KEYS, (status, stdout, stderr))).encode("ascii"))
+    return frame(_dumps(dict(zip(ANSWER_KEYS, (status, stdout, stderr)))))
 
 
 def encode_refusal(why: str) -> bytes:
-    return frame(_object(((REFUSED_KEY, why),)).encode("ascii"))
+    return frame(_dumps({REFUSED_KEY: why}))
 
 
 def _version() -> str:
@@ -165,42 +152,13 @@ def _version() -> str:
 # -- decoding -----------------------------------------------------------------------------------------
 
 
-class _ScannerContext:
-    """What _json.make_scanner reads from a json.JSONDecoder (strict: no control characters in strings)."""
-
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-    parse_constant = None
-
-    def __init__(self) -> None:
-        self.memo: dict = {}
-
-
-def loads(text: str):
-    """json.loads for one document (ValueError on anything else), without importing json when it is one:
-    CPython's C scanner does the work. Its error path needs json.decoder (without it, it raises
-    SystemError), so anything it does not accept goes to json.loads, which says what is wrong."""
-    import _json
-
-    try:
-        value, end = _json.make_scanner(_ScannerContext())(text, 0)
-    except Exception:  # noqa: BLE001 - StopIteration, SystemError...: the public decoder decides
-        value, end = None, -1
-    if end < 0 or text[end:].strip(" \t\n\r"):
-        import json
-
-        return json.loads(text)
-    return value
-
-
 def decode_answer(body: bytes) -> tuple[int, str, str] | str:
     """(status, stdout, stderr), or the reason of a refusal (a str); ValueError when it is neither."""
+    import json
+
     try:
-        answer = loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, TypeError):
+        answer = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ValueError(NOT_AN_ANSWER) from None
     if not isinstance(answer, dict):
         raise ValueError(NOT_AN_ANSWER)  # noqa: TRY004 - the peer sent bad data: a value error, not our bug
@@ -272,9 +230,11 @@ def handoff_allowed(environ: dict[str, str], stdin: bytes) -> bool:
     if environ.get(NO_DAEMON_ENV, "").lower() in NO_DAEMON_VALUES or environ.get(FAULT_ENV):
         return False
     if f'"{CONFIG_KEY}"'.encode() in stdin:
+        import json
+
         try:
-            data = loads(stdin.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):  # the verb reports the bad configuration either way
+            data = json.loads(stdin)
+        except (UnicodeDecodeError, ValueError, RecursionError):  # the verb reports the bad configuration either way
             return True
         return not (isinstance(data, dict) and data.get(CONFIG_KEY) is False)
     return True
@@ -301,11 +261,14 @@ def try_again(reason: str, details: str, stdin: bytes) -> tuple[int, str, str]:
 def c_header() -> str:
     """Every definition above that shim.c needs, as C macros."""
 
+    from ..spec.version import LATEST
+
     def s(text: str) -> str:
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     defs = [
         ("PYCNI_VERSION", s(_version())),
+        ("PYCNI_LATEST_CNI_VERSION", s(LATEST)),  # for the one error the shim prints itself: no interpreter
         ("WIRE_PROTOCOL", str(PROTOCOL)),
         ("WIRE_DEFAULT_SOCKET", s(DEFAULT_SOCKET)),
         ("WIRE_SOCKET_ENV", s(SOCKET_ENV)),
