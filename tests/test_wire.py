@@ -135,6 +135,23 @@ def test_golden_exchange(name, client, native_shim, sockdir):
     assert daemon.acked is expect["ack"]
 
 
+@pytest.mark.parametrize("client", CLIENTS)
+def test_stdin_is_read_to_one_byte_past_the_limit(client, native_shim, sockdir):
+    """An oversized configuration reaches the daemon cut exactly where the verb reads it (MAX_STDIN + 1
+    bytes: spec.config then refuses it as too large), from either client."""
+    sock = os.path.join(sockdir, "d.sock")
+    daemon = FakeDaemon(sock, b"")
+    case = {"plugin": "pycni", "env": {"CNI_COMMAND": "ADD", "LANG": "C.UTF-8", "PYCNI_SOCKET": sock},
+            "stdin": "x" * (wire.MAX_STDIN + 100_000)}
+    try:
+        proc = run_client(client, native_shim, case, sock)
+    finally:
+        daemon.close()
+    sent = json.loads(daemon.request[4:])
+    assert len(base64.b64decode(sent["stdin"])) == wire.MAX_STDIN + 1
+    assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 11
+
+
 def test_the_exchanges_cover_every_kind_of_answer():
     kinds = {name: answer_bytes(name) for name in EXCHANGES}
     assert any(a is None for a in kinds.values())  # no answer at all before the deadline

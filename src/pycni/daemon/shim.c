@@ -523,12 +523,12 @@ int main(int argc, char **argv) {
 
     /* stdin, as the Python plugin reads it: at most one byte past the limit */
     char chunk[65536];
-    for (;;) {
-        ssize_t r = read(0, chunk, sizeof chunk);
+    while (in.n <= WIRE_MAX_STDIN) {
+        size_t want = WIRE_MAX_STDIN + 1 - in.n;
+        ssize_t r = read(0, chunk, want < sizeof chunk ? want : sizeof chunk);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) break;
         put(&in, chunk, (size_t)r);
-        if (in.n > WIRE_MAX_STDIN) break;
     }
     if (handoff_off()) standalone();
     if (in.n && memmem(in.p, in.n, WIRE_CONFIG_KEY_QUOTED, strlen(WIRE_CONFIG_KEY_QUOTED))) {
