@@ -69,7 +69,7 @@ def call(plugin: str, environ: dict[str, str], stdin: bytes) -> tuple[int, str, 
             return None  # the daemon closed before reading: it did nothing (e.g. it is stopping)
         try:
             reader = _Until(sock, deadline_ms / 1000)
-            answer = wire.decode_answer(wire.recv_exact(reader, wire.body_size(wire.recv_exact(reader, 4))))
+            answer = wire.decode_answer(wire.recv_exact(reader, wire.body_size(wire.recv_exact(reader, wire.HEADER_BYTES))))
         except TimeoutError:
             return wire.try_again("timeout", wire.TIMEOUT_DETAILS % (timeout_ms / 1000, path), stdin)
         except EOFError as exc:
