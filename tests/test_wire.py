@@ -152,6 +152,62 @@ def test_stdin_is_read_to_one_byte_past_the_limit(client, native_shim, sockdir):
     assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 11
 
 
+def _random_answers(n: int, seed: int = 20261130) -> list[bytes]:
+    """Answer frames drawn from JSON's grammar around the protocol's keys: good and bad statuses, strings with
+    every kind of escape and raw UTF-8, nested and odd values, duplicate keys, whitespace, trailing data."""
+    import random
+
+    rnd = random.Random(seed)
+    texts = ["", "x", '{"cniVersion": "1.0.0"}', "caf\u00e9 \u2603 \U0001f600", "tab\tnl\ncr\rq\"b\\/", "\x7f\x1f"]
+    values = [0, 1, 255, 256, -1, -0.0, 1.5, 1e2, True, None, [], {}, [1, {"a": [None]}], float("nan"), *texts]
+
+    def pairs():
+        if rnd.random() < 0.5:  # an answer, its keys in any order, maybe with more keys
+            out = [("status", rnd.choice([0, 1, 7, 255])), ("stdout", rnd.choice(texts)), ("stderr", rnd.choice(texts))]
+            out += [("other", rnd.choice(values))] * rnd.randint(0, 1)
+            rnd.shuffle(out)
+            return out
+        out = []
+        for key in rnd.sample(["status", "stdout", "stderr", "refused", "other", "status"], rnd.randint(0, 5)):
+            if key == "status":
+                out.append((key, rnd.choice([0, 1, 7, 255, *values])))
+            elif key in ("stdout", "stderr"):
+                out.append((key, rnd.choice(texts) if rnd.random() < 0.8 else rnd.choice(values)))
+            else:
+                out.append((key, rnd.choice(values)))
+        return out
+
+    frames = []
+    for _ in range(n):
+        items = pairs()
+        sep = rnd.choice([(",", ":"), (", ", ": "), (" ,\n", " :\t")])
+        body = "{" + sep[0].join(json.dumps(k) + sep[1] + json.dumps(v, ensure_ascii=rnd.random() < 0.5)
+                                 for k, v in items) + "}"
+        if rnd.random() < 0.1:
+            body = rnd.choice([" ", "\n"]) + body + rnd.choice(["", " ", " x", "}"])
+        if rnd.random() < 0.05:
+            body = "[" + body + "]"
+        frames.append(wire.frame(body.encode()))
+    return frames
+
+
+def test_random_answers_give_the_same_result_from_both_clients(native_shim, sockdir):
+    """The shim's C JSON reading agrees with the Python client's on answers neither golden file has."""
+    case = {"plugin": "pycni", "env": {"CNI_COMMAND": "VERSION", "LANG": "C.UTF-8", "PYCNI_SOCKET": ""},
+            "stdin": '{"cniVersion": "0.4.0"}'}
+    for i, answer in enumerate(_random_answers(30)):
+        results = {}
+        for client in CLIENTS:
+            sock = os.path.join(sockdir, f"{i}-{client}.sock")
+            daemon = FakeDaemon(sock, answer)
+            try:
+                proc = run_client(client, native_shim, dict(case, env=dict(case["env"], PYCNI_SOCKET=sock)), sock)
+            finally:
+                daemon.close()
+            results[client] = (proc.returncode, proc.stdout, proc.stderr.replace(sock.encode(), b"<sock>"), daemon.acked)
+        assert results["shim"] == results["python"], answer
+
+
 def test_the_exchanges_cover_every_kind_of_answer():
     kinds = {name: answer_bytes(name) for name in EXCHANGES}
     assert any(a is None for a in kinds.values())  # no answer at all before the deadline

@@ -392,11 +392,11 @@ static int decode_answer(const char *body, size_t n, long *status, struct buf *o
         const char *k = key.p ? key.p : "";
         int integer;
         if (!strcmp(k, WIRE_REFUSED_KEY)) { refused = 1; why->n = 0; s = *s == '"' ? jstring(s, why) : jskip(s, 0); }
-        else if (!strcmp(k, WIRE_KEY_STATUS)) {
+        else if (!strcmp(k, WIRE_KEY_STATUS)) {  /* an integer 0..255 ("-0" too, as Python reads it) */
             const char *end = (*s == '-' || (*s >= '0' && *s <= '9')) ? jnumber(s, &integer) : NULL;
-            have_status = end && integer && *s != '-' && end - s <= 3;
+            have_status = end && integer && end - s <= 4;
             if (have_status) *status = strtol(s, NULL, 10);
-            if (have_status && *status > 255) have_status = 0;
+            if (have_status && (*status < 0 || *status > 255)) have_status = 0;
             s = end ? end : jskip(s, 0);
         } else if (!strcmp(k, WIRE_KEY_STDOUT) || !strcmp(k, WIRE_KEY_STDERR)) {
             int is_out = !strcmp(k, WIRE_KEY_STDOUT);
