@@ -124,14 +124,26 @@ def main() -> int:
         code = f"""
 import io, json, sys, time, statistics
 from pycni import cli
-from pycni.bridge import links
+import errno
+from pycni.bridge import links, netlink
 from pycni.daemon import server
 server.preload()
 conf = json.loads(sys.argv[1]); data = json.dumps(conf).encode()
 out = {{}}
+
+def pyroute2_get_link(name, pod=None):  # the lookup links.get_link replaced: pyroute2 decodes everything
+    ipr = pod.ipr if pod is not None else netlink.node()
+    try:
+        msgs = ipr.link("get", ifname=name)
+    except netlink.errors() as exc:
+        if netlink.error_code(exc) in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise
+    return netlink.link_from_msg(msgs[0]) if msgs else None
+
 for label in ("pyroute2", "raw"):
     if label == "pyroute2":
-        saved, links.get_link = links.get_link, links._pyroute2_get_link
+        saved, links.get_link = links.get_link, pyroute2_get_link
     else:
         links.get_link = saved
     ts = []
