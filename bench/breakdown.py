@@ -218,12 +218,9 @@ print(json.dumps(out))
             "from pycni.cli import main_bridge\nmain_bridge()\n")
         for f in ("py-I", "py-IS"):
             (launchers / f).chmod(0o755)
-        from pycni import __version__
-
         row = {}
         if shutil.which("cc"):
-            subprocess.run(["cc", "-O2", "-o", str(launchers / "pycni"), str(ROOT / "src/pycni/daemon/shim.c"),
-                            f'-DPYCNI_PYTHON="{PY}"', f'-DPYCNI_VERSION="{__version__}"'], check=True)
+            subprocess.run(["bash", str(ROOT / "integration/shim/build.sh"), str(launchers / "pycni"), PY], check=True)
         env = {"PATH": "/usr/bin:/bin", "CNI_COMMAND": "VERSION", "PYCNI_SOCKET": str(sock)}
         for label, exe in (("python -I (make install)", "py-I"), ("python -IS", "py-IS"), ("native shim", "pycni")):
             if (launchers / exe).exists():
