@@ -22,24 +22,12 @@ from pathlib import Path
 
 import pytest
 from conftest import in_ns
+from native import is_static_elf
 
 BUSYBOX = Path("/bin/busybox")
 SUPPORT = "pycni.d"
 CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
-
-
-def _is_static_elf(path: Path) -> bool:
-    """An ELF executable without a PT_INTERP program header (needs no loader, no libc)."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return False
-    if data[:4] != b"\x7fELF" or data[4] != 2:  # 64-bit only
-        return False
-    phoff, = struct.unpack_from("<Q", data, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
-    return all(struct.unpack_from("<I", data, phoff + i * phentsize)[0] != 3 for i in range(phnum))
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +50,7 @@ def _umount(target: Path) -> None:
 @pytest.fixture(scope="module")
 def rootfs(tarball) -> Path:
     """A busybox-static node rootfs with the bundle in /opt/cni/bin: no python, no glibc."""
-    if not _is_static_elf(BUSYBOX):
+    if not is_static_elf(BUSYBOX):
         pytest.skip("needs busybox-static (/bin/busybox statically linked; make deps installs it)")
     root = Path(tempfile.mkdtemp(prefix="pycni-bundle-root-"))
     try:
@@ -121,7 +109,7 @@ def test_rootfs_has_no_python_and_no_glibc_outside_the_bundle(rootfs):
             offenders.append(str(path))
     assert offenders == []
     assert sorted(p.name for p in (rootfs / "opt/cni/bin").iterdir()) == ["pycni", "pycni-host-local", SUPPORT]
-    assert _is_static_elf(rootfs / "bin/busybox") and (rootfs / "bin/sh").is_symlink()
+    assert is_static_elf(rootfs / "bin/busybox") and (rootfs / "bin/sh").is_symlink()
 
 
 def _buildinfo(d: Path) -> dict[str, str]:
@@ -175,7 +163,7 @@ def test_the_plugins_are_the_static_native_shim(bundle_dir):
     """Both executables are the native shim (src/pycni/daemon/shim.c), statically linked: it runs on a
     node with any libc or none (this rootfs), and finds the bundled interpreter for its fallback."""
     shim = bundle_dir / "pycni"
-    assert _is_static_elf(shim), "the bundle's pycni is not a static ELF executable"
+    assert is_static_elf(shim), "the bundle's pycni is not a static ELF executable"
     assert shim.read_bytes() == (bundle_dir / "pycni-host-local").read_bytes()
     ldd = subprocess.run(["ldd", str(shim)], capture_output=True, text=True, check=False)
     assert "not a dynamic executable" in ldd.stdout + ldd.stderr

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from bridge_support import CNI_PATH, Env, ips_of, ns_path
 from conftest import VENV_BIN, exec_plugin
+from native import compile_shim
+from wire_cases import REFUSALS, answer_bytes, request_body
 
 
 class Daemon:
@@ -500,8 +502,6 @@ def test_native_shim_falls_back_to_the_python_plugin(env, daemon, native, tmp_pa
     assert (rc, out) == (0, "")
     assert daemon.served(pod.cid) == 0
     # a daemon of another version refuses: the shim runs the verb itself (a shim whose header says 0.0.0-other)
-    from test_wire import compile_shim
-
     from pycni import __version__
     from pycni.daemon import wire
 
@@ -769,3 +769,33 @@ def test_one_inotify_instance_in_the_daemon(env, daemon):
     shutil.rmtree(env.ipam_dir)
     with open(f"/proc/{daemon.pid}/fdinfo/{fds[0]}") as fh:
         assert not [line for line in fh if line.startswith("inotify wd:")]  # released with the directories
+
+
+# -- the wire protocol's golden bytes --------------------------------------------------------------------
+
+
+def test_a_real_daemon_answers_the_golden_bytes(node, tmp_path):
+    """The golden requests of tests/support/wire/ (tests/unit/test_daemon_wire.py) sent to a real daemon: its
+    answer and its refusals are byte for byte the golden ones."""
+    from pycni.daemon import wire
+
+    d = Daemon(node, tmp_path / "run" / "pycni.sock", tmp_path / "daemon.log")
+    try:
+        def exchange(frame: bytes) -> bytes:
+            code = ("import socket, sys\n"
+                    "s = socket.socket(socket.AF_UNIX); s.settimeout(30); s.connect(sys.argv[1])\n"
+                    "s.sendall(sys.stdin.buffer.read()); s.shutdown(socket.SHUT_WR)\n"
+                    "out = b''\n"
+                    "while c := s.recv(65536): out += c\n"
+                    "sys.stdout.buffer.write(out)\n")
+            argv = ["nsenter", f"--net=/var/run/netns/{node}", "--", sys.executable, "-c", code, str(d.sock)]
+            return subprocess.run(argv, input=frame, capture_output=True, timeout=60, check=True).stdout
+
+        body = request_body("env-encoding", str(d.sock)).replace(
+            b'"deadline":0', b'"deadline":%d' % (int(time.monotonic() * 1000) + 60_000))
+        assert exchange(wire.frame(body)) == answer_bytes("env-encoding")
+        for name, case in REFUSALS.items():
+            data = request_body(name)
+            assert exchange(data if case["framed"] else wire.frame(data)) == answer_bytes(name), name
+    finally:
+        assert d.stop() == 0

@@ -1,7 +1,7 @@
-"""The daemon's wire protocol (pycni/daemon/wire.py): the same golden bytes (tests/wire/) run against the
+"""The daemon's wire protocol (pycni/daemon/wire.py): the same golden bytes (tests/support/wire/) run against the
 Python client, the C shim and the server.
 
-tests/wire/cases.json lists
+tests/support/wire/cases.json lists
   * exchanges: a plugin process - the Python launcher, or the shim - with exactly that environment and
     stdin talks to a fake daemon on a socket of the test. The request it sends must be byte for byte
     `<name>.request` (with the deadline written as 0, pycni's version as @VERSION@ and the socket path as
@@ -11,7 +11,7 @@ tests/wire/cases.json lists
   * refusals: requests the server refuses, and the exact refusal frame it sends back.
 The server decodes every exchange's request to the case's (plugin, environment, stdin), encodes every
 well-formed answer to exactly its bytes, and refuses each refusal with exactly its answer - through its
-own read_request/_refuse here, and through a real daemon in a node namespace (root) at the end.
+own read_request/_refuse here, and through a real daemon in a node namespace in tests/netns/test_daemon.py.
 """
 
 from __future__ import annotations
@@ -30,27 +30,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import IS_ROOT
+from native import compile_shim
+from wire_cases import EXCHANGES, REFUSALS, answer_bytes, request_body
 
 from pycni import __version__, cli
 from pycni.daemon import wire
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).resolve().parent / "wire"
-CASES = json.loads((FIXTURES / "cases.json").read_text())
-EXCHANGES = {c["name"]: c for c in CASES["exchanges"]}
-REFUSALS = {c["name"]: c for c in CASES["refusals"]}
+ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = ("python", "shim")
-
-
-def request_body(name: str, sock: str = "@SOCKET@") -> bytes:
-    return (FIXTURES / f"{name}.request").read_bytes().replace(b"@VERSION@", __version__.encode()) \
-        .replace(b"@SOCKET@", sock.encode())
-
-
-def answer_bytes(name: str) -> bytes | None:
-    path = FIXTURES / f"{name}.answer"
-    return path.read_bytes() if path.exists() else None
 
 
 def case_env(case: dict, sock: str) -> dict[bytes, bytes]:
@@ -306,32 +293,6 @@ def test_server_refuses_with_the_golden_bytes(name):
     assert got == answer_bytes(name)
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="a real daemon needs root and a node namespace")
-def test_a_real_daemon_answers_the_golden_bytes(node, tmp_path):
-    from test_daemon import Daemon
-
-    d = Daemon(node, tmp_path / "run" / "pycni.sock", tmp_path / "daemon.log")
-    try:
-        def exchange(frame: bytes) -> bytes:
-            code = ("import socket, sys\n"
-                    "s = socket.socket(socket.AF_UNIX); s.settimeout(30); s.connect(sys.argv[1])\n"
-                    "s.sendall(sys.stdin.buffer.read()); s.shutdown(socket.SHUT_WR)\n"
-                    "out = b''\n"
-                    "while c := s.recv(65536): out += c\n"
-                    "sys.stdout.buffer.write(out)\n")
-            argv = ["nsenter", f"--net=/var/run/netns/{node}", "--", sys.executable, "-c", code, str(d.sock)]
-            return subprocess.run(argv, input=frame, capture_output=True, timeout=60, check=True).stdout
-
-        body = request_body("env-encoding", str(d.sock)).replace(
-            b'"deadline":0', b'"deadline":%d' % (int(time.monotonic() * 1000) + 60_000))
-        assert exchange(wire.frame(body)) == answer_bytes("env-encoding")
-        for name, case in REFUSALS.items():
-            data = request_body(name)
-            assert exchange(data if case["framed"] else wire.frame(data)) == answer_bytes(name), name
-    finally:
-        assert d.stop() == 0
-
-
 # -- one definition ----------------------------------------------------------------------------------------
 
 
@@ -368,14 +329,6 @@ def test_reply_timeout_is_plain_decimal_seconds():
     assert wire.reply_timeout_ms({"PYCNI_DAEMON_TIMEOUT": "0.0005"}) == wire.DEFAULT_REPLY_TIMEOUT_MS  # rounds to 0
     for bad in ("", "-1", "1e3", " 5", "5.", ".5", "0x10", "nan", "inf", "1_0", "\u0665", "86401"):
         assert wire.reply_timeout_ms({"PYCNI_DAEMON_TIMEOUT": bad}) == wire.DEFAULT_REPLY_TIMEOUT_MS, bad
-
-
-def compile_shim(out: Path, python: str, header: str | None = None) -> Path:
-    """shim.c built as integration/shim/build.sh does, but with a given header (e.g. another version)."""
-    (out / "wire.h").write_text(header if header is not None else wire.c_header())
-    subprocess.run(["cc", "-static", "-O2", "-Wall", "-Werror", f"-I{out}", f'-DPYCNI_PYTHON="{python}"', "-o",
-                    str(out / "pycni"), str(ROOT / "src" / "pycni" / "daemon" / "shim.c")], check=True)
-    return out / "pycni"
 
 
 def test_a_shim_without_its_interpreter_says_so(tmp_path):

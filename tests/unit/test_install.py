@@ -2,7 +2,7 @@
 installation's own interpreter; NATIVE_SHIM=0 installs the Python launchers. Both give the same answers.
 
 Each install is a fresh venv in a scratch PYCNI_HOME (pip installs the package from this checkout); no daemon
-runs here, so every verb below goes through the fallback (tests/test_daemon.py covers the handoff).
+runs here, so every verb below goes through the fallback (tests/netns/test_daemon.py covers the handoff).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_bundle import _is_static_elf
+from native import is_static_elf
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _install(dest: Path, *extra: str) -> Path:
@@ -43,7 +43,7 @@ def run(bin_dir: Path, exe: str, command: str, stdin: bytes, tmp: Path, **env: s
 
 def test_make_install_installs_the_static_shim(installs):
     shim = installs["shim"] / "pycni"
-    assert _is_static_elf(shim)
+    assert is_static_elf(shim)
     assert shim.read_bytes() == (installs["shim"] / "pycni-host-local").read_bytes()
     ldd = subprocess.run(["ldd", str(shim)], capture_output=True, text=True, check=False)
     assert "not a dynamic executable" in ldd.stdout + ldd.stderr
