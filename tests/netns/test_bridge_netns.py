@@ -233,6 +233,27 @@ def test_get_link_asks_the_namespace_of_its_pod(env):
     assert json.loads(env.node_cmd(sys.executable, "-c", code, pod.path)) == ["veth", "veth", None]
 
 
+def test_status_and_del_do_not_import_pyroute2(node):
+    """STATUS and a DEL whose host veth is gone must not pay for pyroute2 (~200 ms); run in the node
+    namespace (as root they could otherwise look at the machine's own links)."""
+    code = (
+        "import sys, json\n"
+        "from pycni import cli\n"
+        "raw = {'cniVersion': '1.1.0', 'name': 'net', 'type': 'pycni'}\n"
+        "env = {'CNI_COMMAND': 'DEL', 'CNI_CONTAINERID': 'gone', 'CNI_IFNAME': 'eth0', 'CNI_PATH': '/nonexistent'}\n"
+        "rc, out = cli.run('pycni', env, json.dumps(raw).encode())\n"
+        "env = {'CNI_COMMAND': 'STATUS', 'CNI_PATH': '/nonexistent'}\n"
+        "rc2, out2 = cli.run('pycni', env, json.dumps(raw).encode())\n"
+        "print(json.dumps([rc, out, rc2, out2, 'pyroute2' in sys.modules]))\n"
+    )
+    out = subprocess.run(["nsenter", f"--net={ns_path(node)}", "--", sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True, env=dict(os.environ))
+    rc, text, rc2, text2, imported = json.loads(out.stdout)
+    assert rc == 0 and text == ""
+    assert rc2 == 0 or json.loads(text2)["code"] == 50  # no bridge in the node yet: not ready, but it answered
+    assert imported is False
+
+
 # -- options ---------------------------------------------------------------------------------------
 
 
