@@ -267,7 +267,7 @@ def bundle_dir(bundle_tarball, tmp_path_factory) -> Path:
 
 
 def service_account_dir(tmp: Path) -> tuple[Path, Path]:
-    """A pod's service-account directory for talking to tests/agent_fake_api.py: `tmp/sa` with a self-signed
+    """A pod's service-account directory for talking to tests/support/agent_fake_api.py: `tmp/sa` with a self-signed
     `ca.crt` for 127.0.0.1 and a bearer `token`; returns (that directory, the server's key `tmp/k.pem`)."""
     sa, key = tmp / "sa", tmp / "k.pem"
     sa.mkdir()

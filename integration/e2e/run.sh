@@ -32,7 +32,7 @@ CONFORMANCE_FOCUS='\[sig-network\].*\[Conformance\]'
 NETPOL_FOCUS='\[sig-network\] Netpol|\[sig-network\] NetworkPolicy API'
 # SCTP: the kernel of our machines (and so of every kind node, which shares it) has no SCTP module: no pod can
 # open an SCTP socket, so the SCTP connectivity tests cannot run at all here (their policies are compiled like any
-# other: tests/test_netpol_unit.py).
+# other: tests/unit/test_agent_netpol_unit.py).
 SKIP=${SKIP:-'\[Feature:SCTPConnectivity\]|\[Disruptive\]'}
 # CI's subset: NetworkPolicy's core cases (ingress, egress, both selectors, ports, named ports, ipBlock except,
 # updates while running) and the pod-to-pod / Service conformance checks across nodes.

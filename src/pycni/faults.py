@@ -1,6 +1,6 @@
 """Crash injection for tests: `point(name)` kills the plugin with SIGKILL when PYCNI_FAULT names it.
 
-TEST-ONLY. The crash-consistency tests (tests/test_crash.py, integration/stress.py) set
+TEST-ONLY. The crash-consistency tests (tests/netns/test_crash.py, integration/stress.py) set
 `PYCNI_FAULT=<point>[#<n>][,<point>...]` to kill the plugin at a chosen step of ADD or DEL, exactly
 as a node crash, an OOM kill or a runtime's timeout would, and then check that a DEL or a GC
 restores the node. `#n` fires on the n-th time the point is reached (default: the first).

@@ -2,7 +2,7 @@
 and pods attached by the bridge plugin (the conflist the agent writes), the other node's pod CIDR
 routed via it (host-gw, as the agent does). `pycni netpol` runs in each node namespace from a state
 file (the API objects a watch would deliver) and loads its table; TCP/UDP echo servers in every pod
-(tests/netpol_probe.py) answer the probes. Same-node traffic crosses the bridge and is filtered
+(tests/support/netpol_probe.py) answer the probes. Same-node traffic crosses the bridge and is filtered
 through br_netfilter; cross-node traffic is routed and filtered at both ends."""
 
 from __future__ import annotations
@@ -337,7 +337,7 @@ def test_drift_repaired_and_cleanup(lab):
 
 @pytest.mark.skipif(not shutil.which("openssl"), reason="needs openssl for the fake API server's certificate")
 def test_kube_mode_list_watch_enforce(lab, capsys):
-    """`pycni netpol --kube` for real HTTP: a fake API server (TLS, bearer token; tests/agent_fake_api.py) in
+    """`pycni netpol --kube` for real HTTP: a fake API server (TLS, bearer token; tests/support/agent_fake_api.py) in
     node n1's namespace serves LIST and streaming WATCH of pods, namespaces and policies from the lab's
     state; a policy created, a pod relabelled and the policy deleted through it reach the kernel. Prints the
     time from each change to its enforcement (docs/networkpolicy.md)."""

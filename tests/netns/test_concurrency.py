@@ -1,7 +1,7 @@
 """Concurrency: parallel ADDs on one network, and a storm of random ADD / DEL / CHECK / GC from eight
 workers racing on one store - pycni in-process (the daemon's path) and exec'd, the reference
 host-local exec'd by pycni and on its own, pycni-host-local exec'd - with invariant checks after
-every step (tests/storm.py). PYCNI_STORM_OPS sets the number of operations (default 1000).
+every step (tests/support/storm.py). PYCNI_STORM_OPS sets the number of operations (default 1000).
 """
 
 from __future__ import annotations

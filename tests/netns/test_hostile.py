@@ -11,7 +11,7 @@ which got as far as creating the bridge before failing is caught too. Cases that
 after the bridge step (an exec'd IPAM plugin that is missing, a symlinked dataDir found when the
 store opens) use cni0 and show that the rollback is complete.
 
-tests/test_bad_input.py covers ~80 further host-local cases; the host-local cases here are the ones
+tests/unit/test_ipam_bad_input.py covers ~80 further host-local cases; the host-local cases here are the ones
 it does not have.
 """
 
@@ -278,7 +278,7 @@ CASES: dict[str, Case] = {
                                                                "ip4": {"ip": "10.99.0.200/24"}}), "CHECK",
                                          **LIVE),
     "CHECK-without-prevResult": P(7, live(), "CHECK", **LIVE),
-    # -- GC lists (7; pycni.spec.gc, docs/gc.md) - a GC without any list is not an error: tests/test_gc.py --
+    # -- GC lists (7; pycni.spec.gc, docs/gc.md) - a GC without any list is not an error: tests/unit/test_spec_gc.py --
     "GC-null-with-legacy-list": P(7, lambda w: w.conf(**{"cni.dev/valid-attachments": None,
                                                          "cni.dev/attachments": [LIVE_ATT]}), "GC"),
     "GC-keys-disagree": P(7, lambda w: w.conf(**{"cni.dev/valid-attachments": [LIVE_ATT],
@@ -288,7 +288,7 @@ CASES: dict[str, Case] = {
     "GC-list-not-a-list": P(7, gc({"containerID": "x", "ifname": "eth0"}), "GC"),
     "GC-entry-garbage": P(7, gc(["livectr"]), "GC"),
     "GC-entry-without-ifname": P(7, gc([{"containerID": "livectr"}]), "GC"),
-    # -- pycni-host-local: cases tests/test_bad_input.py does not have --
+    # -- pycni-host-local: cases tests/unit/test_ipam_bad_input.py does not have --
     "hl-name-NUL": H(7, lambda w: dict(w.hl_conf(), name="hnet\x00")),
     "hl-name-newline": H(7, lambda w: dict(w.hl_conf(), name="hnet\nx")),
     "hl-dataDir-NUL": H(7, lambda w: w.hl_conf(dataDir=f"{w.data}\x00x")),

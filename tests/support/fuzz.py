@@ -21,7 +21,7 @@ Targets (`fuzz.py TARGET [libFuzzer flags...]`, e.g. `-max_total_time=600`):
 
 A finding makes libFuzzer stop with the input saved as crash-<sha1> in the working directory:
 `fuzz.py TARGET crash-<sha1>` replays it; once fixed, it goes into tests/fuzz_corpus/TARGET/ and every run
-starts with it. tests/test_fuzz.py runs both targets briefly in the test suite (with a fixed seed);
+starts with it. tests/unit/test_fuzz.py runs both targets briefly in the test suite (with a fixed seed);
 `make stress` runs them longer (FUZZ_SECONDS), keeping the corpus in build/fuzz/ between runs.
 PYCNI_FUZZ_WORK: the directory the store target works in (default: a new temporary directory).
 """

@@ -1,5 +1,5 @@
 """A storm of random ADD / DEL / CHECK / GC operations on one network from several workers, with
-invariant checks after every step (used by tests/test_concurrency.py and integration/stress.py).
+invariant checks after every step (used by tests/netns/test_concurrency.py and integration/stress.py).
 
 Every worker thread owns a few attachment slots: bridge slots (a pod namespace each, the pycni
 bridge) and lease-only slots (host-local alone, ifname net1). Each operation takes a route:

@@ -1,6 +1,6 @@
 """NetworkPolicy without root: the models (selectors, defaults, validation), the compiler (which
 addresses, ports and pods end up where in the nft text) and the store/reflector (list + watch events,
-with an in-process fake API client). What the text does to packets is tested in test_netpol_netns.py."""
+with an in-process fake API client). What the text does to packets is tested in tests/netns/test_agent_netpol_netns.py."""
 
 from __future__ import annotations
 

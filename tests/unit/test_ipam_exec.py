@@ -521,7 +521,7 @@ def test_stray_temporaries_are_swept(tmp_path, verb):
 
 def test_only_regular_temporaries_are_swept(tmp_path):
     """Every writer creates its temporary as a regular file: a symlink, FIFO or directory with our prefix
-    is somebody else's and survives the sweep (found by tests/fuzz.py store)."""
+    is somebody else's and survives the sweep (found by tests/support/fuzz.py store)."""
     conf = netconf(tmp_path, "1.0.0")
     ok(run("ADD", conf, container_id="a"))
     netdir = tmp_path / NET

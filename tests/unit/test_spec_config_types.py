@@ -146,8 +146,8 @@ def run_add(plugin: str, conf: dict) -> dict:
     return {"status": status, **(json.loads(out) if out else {})}
 
 
-# The GC lists are parsed by the one GC attachment parser (pycni.spec.gc; its cases: tests/test_gc.py,
-# tests/test_hostile.py); prevResult is a result of any version (pycni.spec.result): only its being
+# The GC lists are parsed by the one GC attachment parser (pycni.spec.gc; its cases: tests/unit/test_spec_gc.py,
+# tests/netns/test_hostile.py); prevResult is a result of any version (pycni.spec.result): only its being
 # an object is the configuration's business.
 NOT_HERE = {"cni.dev/valid-attachments", "cni.dev/attachments"}
 # Checked before the model: the version (SPEC.md: not a string is undecodable, code 6) and the name.

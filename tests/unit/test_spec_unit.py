@@ -1,6 +1,6 @@
 """Pure unit tests (no subprocess, no disk) of the protocol layer: spec/env.py, spec/version.py,
-spec/result.py (host-local's pure parts: tests/test_allocator.py; the config models:
-tests/test_config_types.py)."""
+spec/result.py (host-local's pure parts: tests/unit/test_ipam_allocator.py; the config models:
+tests/unit/test_spec_config_types.py)."""
 
 from __future__ import annotations
 

@@ -13,5 +13,5 @@ plugin, in this order:
 
 The list of nodes comes from `nodes` (a JSON file, or the Kubernetes API with the pod's service
 account). `main` is the loop. Everything here except `nodes.KubeClient`, `routes.apply` and `masq`'s
-backends is pure and tested without root (tests/test_agent_unit.py).
+backends is pure and tested without root (tests/unit/test_agent_unit.py).
 """

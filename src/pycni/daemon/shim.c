@@ -15,7 +15,7 @@
  *
  * The protocol - framing, field names, encoding, limits - is pycni/daemon/wire.py's; every constant
  * comes from the header it generates (`python -m pycni.daemon.wire --c-header > wire.h`), and
- * tests/test_wire.py runs the same golden request/answer bytes against this program and the Python
+ * tests/unit/test_daemon_wire.py runs the same golden request/answer bytes against this program and the Python
  * client. Build: integration/shim/build.sh (static: it runs on any node, whatever its libc), with
  *   -DPYCNI_PYTHON='"/opt/pycni/bin/python"'       the interpreter of a `make install` installation, or
  *   -DPYCNI_BUNDLE_PYTHON='"python3.11"' -DPYCNI_BUNDLE_DIR='"pycni.d"' -DPYCNI_BUNDLE_LOADER='"ld-linux-x86-64.so.2"'

@@ -3,7 +3,7 @@
 The Python client (client.py), the server (server.py) and the C shim (shim.c) all speak it from here:
 the Python sides import this module, and the shim includes the header that `python -m pycni.daemon.wire
 --c-header` writes when it is built (integration/shim/build.sh), so no constant is copied by hand.
-Golden request and answer bytes of every kind of exchange are in tests/wire/; tests/test_wire.py runs
+Golden request and answer bytes of every kind of exchange are in tests/support/wire/; tests/unit/test_daemon_wire.py runs
 them against all three.
 
 One request per connection, over a root-only unix socket (DEFAULT_SOCKET, or $PYCNI_SOCKET). Each
@@ -43,10 +43,10 @@ PROTOCOL = 2
 DEFAULT_SOCKET = "/run/pycni/pycni.sock"
 SOCKET_ENV = "PYCNI_SOCKET"  # overrides DEFAULT_SOCKET (tests, benchmarks, unusual layouts)
 HEADER_BYTES = 4  # the big-endian length in front of every frame
-MAX_STDIN = 1 << 20  # = spec.env.MAX_CONFIG_BYTES (tests/test_wire.py): a plugin reads at most this + 1 byte
+MAX_STDIN = 1 << 20  # = spec.env.MAX_CONFIG_BYTES (tests/unit/test_daemon_wire.py): a plugin reads at most this + 1 byte
 MAX_FRAME = 4 << 20  # a request carries at most MAX_STDIN of stdin (base64) plus the environment
 ACK = b"\x06"  # the client's acknowledgement of an answer
-PLUGINS = ("pycni", "pycni-host-local")  # the executables; = cli.PLUGINS (tests/test_wire.py)
+PLUGINS = ("pycni", "pycni-host-local")  # the executables; = cli.PLUGINS (tests/unit/test_daemon_wire.py)
 REQUEST_KEYS = ("proto", "version", "plugin", "deadline", "env", "stdin")  # in this order
 ANSWER_KEYS = ("status", "stdout", "stderr")  # in this order
 REFUSED_KEY = "refused"
