@@ -48,7 +48,91 @@ def test_del_of_a_gone_netns_does_not_import_pyroute2(tmp_path):
     assert proc.stdout == b""
     assert "pyroute2" not in top(modules), sorted(m for m in modules if m.startswith("pyroute2"))[:5]
     assert "pydantic" in top(modules)  # the configuration is validated: pydantic is needed here
-    assert "importlib.metadata" not in modules  # pydantic's plugin scan is skipped on the cold path
+
+
+# Run the plugin cold, then (atexit, after the verb) report what it left in sys.modules: a module
+# without a spec (made by hand, not by the import system) or a stdlib/third-party module holding a
+# function defined by pycni (a stand-in or a monkeypatch) is a patched private internal (issue 14).
+AUDIT = """
+import atexit, json, os, sys, types
+def audit():
+    bad = []
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("pycni") or name == "__main__" or not isinstance(mod, types.ModuleType):
+            continue
+        if getattr(mod, "__spec__", None) is None:
+            bad.append(name + ": not made by the import system")
+        for attr, value in list(vars(mod).items()):
+            if callable(value) and str(getattr(value, "__module__", None) or "").startswith("pycni"):
+                bad.append(f"{name}.{attr} is pycni's {value.__module__}")
+    pydantic_plugins = None
+    if "pydantic" in sys.modules:
+        from pydantic.plugin._loader import get_plugins
+        pydantic_plugins = len(list(get_plugins()))
+    os.write(2, ("AUDIT " + json.dumps({"bad": bad, "modules": sorted(sys.modules),
+                                        "pydantic_plugins": pydantic_plugins,
+                                        "env": os.environ.get("PYDANTIC_DISABLE_PLUGINS")}) + "\\n").encode())
+atexit.register(audit)
+from pycni.cli import main_bridge
+main_bridge()
+"""
+
+
+def audited(command: str, conf: dict, node: str | None = None, **env: str) -> tuple[subprocess.CompletedProcess, dict]:
+    proc_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": command, "PYCNI_NO_DAEMON": "1",
+                **env}
+    argv = [sys.executable, "-c", AUDIT]
+    if node:
+        argv = ["nsenter", f"--net=/var/run/netns/{node}", "--", *argv]
+    proc = subprocess.run(argv, input=json.dumps(conf).encode(), env=proc_env, capture_output=True, timeout=120,
+                          check=False)
+    lines = [line for line in proc.stderr.decode().splitlines() if line.startswith("AUDIT ")]
+    assert lines, proc.stderr[-2000:]
+    return proc, json.loads(lines[-1][6:])
+
+
+def test_the_cold_path_patches_no_private_internal(tmp_path):
+    """Issue 14: pydantic's plugins are off through its documented PYDANTIC_DISABLE_PLUGINS, not by a
+    stand-in module for its private loader."""
+    conf = {"cniVersion": "1.0.0", "name": "coldnet", "type": "pycni", "bridge": "cni0",
+            "ipam": {"type": "pycni-host-local", "subnet": "10.78.0.0/24", "dataDir": str(tmp_path / "ipam")}}
+    env = {"CNI_CONTAINERID": "gone-1", "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent",
+           "CNI_NETNS": "/var/run/netns/pycnit-gone-for-good"}
+    proc, report = audited("DEL", conf, **env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert report["bad"] == []
+    assert "pydantic.main" in report["modules"] and report["pydantic_plugins"] == 0
+    assert report["env"] == "__all__"
+    _, report = audited("DEL", conf, PYDANTIC_DISABLE_PLUGINS="someplugin", **env)
+    assert report["env"] == "someplugin"  # the operator's own choice stands
+
+
+def test_no_module_of_pycni_writes_sys_modules_or_imports_a_private_module():
+    """The source itself: no sys.modules entries made by hand, no module objects built by hand, no
+    private (underscore) module of CPython or of a dependency. `_socket` is the one exception: the
+    C socket type that `socket.socket` subclasses (the Python shim skips `socket`'s enums)."""
+    import ast
+
+    allowed = {"_socket"}
+    found = []
+    for path in sorted((ROOT / "src" / "pycni").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                if name not in allowed and any(part.startswith("_") and part != "__future__" for part in name.split(".")):
+                    found.append(f"{where}: imports {name}")
+            if isinstance(node, ast.Subscript) and ast.unparse(node.value) == "sys.modules" and isinstance(
+                    getattr(node, "ctx", None), (ast.Store, ast.Del)):
+                found.append(f"{where}: writes sys.modules")
+            if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("ModuleType"):
+                found.append(f"{where}: builds a module object")
+    assert found == []
 
 
 def test_a_daemon_handoff_is_not_even_tried_when_disabled():
