@@ -780,7 +780,7 @@ def main() -> int:
         "seconds": round(time.time() - started, 1), "quick": args.quick, "rounds": rounds,
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-        "machine": machine_record,
+        "machine": machine_record, "tag": tag,  # in the names of its namespaces and cgroups
         "git": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=False).stdout.strip()
         + ("+dirty" if subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
