@@ -59,6 +59,8 @@ import time
 import uuid
 from pathlib import Path
 
+import coldpath  # bench/coldpath.py, next to this file
+
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "build" / "ref"  # `make build`: the reference plugins of integration/cni/go.mod
 DEBIAN_REFERENCE = Path("/usr/lib/cni")
@@ -402,6 +404,20 @@ class Mode:
                     self.cpu.setdefault("daemon ADD", []).append(d1 - d0)
                     self.cpu.setdefault("daemon DEL", []).append(d3 - d2)
 
+    def cold_stages(self, rounds: int) -> None:
+        """Cold only: where the CPU of an exec'd ADD and DEL goes, stage by stage (bench/coldpath.py)."""
+        python = (self.bin_dir / "pycni").read_text().splitlines()[0][2:].split()[0]  # the launcher's interpreter
+        conf, runs = self.conf(), {"ADD": [], "DEL": []}
+        for _ in range(rounds):
+            netns, cid = self.pod(), self.cid()
+            for verb in ("ADD", "DEL"):
+                run = execute([python, "-I", "-c", coldpath.SCRIPT], self.env(verb, cid, netns), json.dumps(conf).encode())
+                stages = coldpath.parse(run.stderr)
+                if run.status != 0 or stages is None:
+                    raise RuntimeError(f"cold {verb} by stage failed ({run.status}): {run.stderr[-1500:]!r}")
+                runs[verb].append(stages)
+        self.results["cold by stage"] = {verb: coldpath.median_stages(r) for verb, r in runs.items()}
+
     def simple(self, rounds: int) -> None:
         for _ in range(rounds):
             run = self.plugin_run("VERSION", {"cniVersion": "1.0.0"})
@@ -597,6 +613,8 @@ def table(report: dict) -> str:
     for key in ("daemon ADD", "daemon DEL"):
         if any(key in res.get(m, {}) for m in shown):
             lines.append(f"{key.replace('daemon', 'the daemon, per'):<26}" + "".join(f"{cpu_cell(m, key):>16}" for m in shown))
+    if "cold by stage" in res.get("cold", {}):
+        lines += ["", coldpath.text(res["cold"]["cold by stage"])]
     return "\n".join(lines)
 
 
@@ -748,6 +766,8 @@ def main() -> int:
                 print(f"[{name}] cycles", file=sys.stderr, flush=True)
                 mode.cycles(rounds)
                 mode.simple(rounds)
+                if name == "cold":
+                    mode.cold_stages(max(3, rounds // 3))
                 if name == "go-debian":  # the second Go column: the basic verbs only
                     mode.finish()
                     report["results"][name] = mode.results

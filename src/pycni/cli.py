@@ -231,7 +231,7 @@ def _main(plugin: str, handoff: bool = True) -> None:
         from .daemon import client, spool
 
         spool.record(client.socket_path(environ), plugin, environ.get("CNI_COMMAND", ""), "shim")
-    _without_pydantic_plugins()
+    disable_pydantic_plugins()
     real_stdout = sys.stdout
     sys.stdout = sys.stderr  # nothing but the final document may reach stdout
     status, text = run(plugin, environ, stdin)
@@ -246,7 +246,7 @@ def _finish(status: int, text: str) -> None:
     sys.exit(status)
 
 
-def _without_pydantic_plugins() -> None:
+def disable_pydantic_plugins() -> None:
     """Cold path only: pydantic looks for plugins among the entry points of every installed
     distribution (importlib.metadata) the first time it builds a model; pycni uses none.
     PYDANTIC_DISABLE_PLUGINS=__all__ is pydantic's own switch for that ("Disabling plugins" in its
