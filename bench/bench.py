@@ -72,6 +72,7 @@ GO_MODES = ("go", "go-debian")
 DOCS = ROOT / "docs" / "performance.md"
 DOCS_BEGIN, DOCS_END = "<!-- bench:begin -->", "<!-- bench:end -->"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+QUIET_LOAD = 0.5  # 1-minute load average at the start below which a run counts as quiet
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 HOME_NETNS_INODE = os.stat("/proc/self/ns/net").st_ino
@@ -697,6 +698,9 @@ def markdown(report: dict) -> str:
              f"* Go reference: {m['go_reference']}; second column: {m['go_debian']}",
              (f"* load average (1/5/15 min) before {' / '.join(map(str, meta['load_before']))}, "
              f"after {' / '.join(map(str, meta['load_after']))}"),
+             *([] if meta["load_before"][0] < QUIET_LOAD else [
+                 "", (f"**Load average {meta['load_before'][0]} at the start: other work was running, so these numbers "
+                      "are disturbed by it (CPU times less so than wall times); the targets are judged on a quiet run.**")]),
              "", "```", report["table_text"], "```", "", "Targets of issue 13 (p50, against `go` of the same run):", "",
              "```", targets_text(report["targets"]), "```"]
     return "\n".join(lines) + "\n"
