@@ -58,7 +58,7 @@ import atexit, json, os, sys, types
 def audit():
     bad = []
     for name, mod in list(sys.modules.items()):
-        if name.startswith("pycni") or name == "__main__" or not isinstance(mod, types.ModuleType):
+        if name.startswith("pycni") or name in ("__main__", "__mp_main__") or not isinstance(mod, types.ModuleType):
             continue
         if getattr(mod, "__spec__", None) is None:
             bad.append(name + ": not made by the import system")
@@ -105,6 +105,25 @@ def test_the_cold_path_patches_no_private_internal(tmp_path):
     assert report["env"] == "__all__"
     _, report = audited("DEL", conf, PYDANTIC_DISABLE_PLUGINS="someplugin", **env)
     assert report["env"] == "someplugin"  # the operator's own choice stands
+
+
+def test_a_cold_add_patches_nothing_and_imports_what_coldpath_stages(netns, node, tmp_path):
+    """A real cold ADD (and DEL) in a node namespace: pyroute2 is the package its own __init__ made,
+    nothing in sys.modules is pycni's handiwork, and the modules bench/coldpath.py stages (to split
+    the verb's CPU) are all imported by the verb itself."""
+    pod = netns.create("pycnit-pod")
+    conf = {"cniVersion": "1.0.0", "name": "coldnet", "type": "pycni", "bridge": "cni0", "isGateway": True,
+            "ipam": {"type": "pycni-host-local", "subnet": "10.78.0.0/24", "dataDir": str(tmp_path / "ipam")}}
+    env = {"CNI_CONTAINERID": "cold-1", "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent",
+           "CNI_NETNS": netns.path(pod)}
+    staged = {"pycni.cli", "pycni.daemon.client", "pydantic.main", "importlib.metadata", "pycni.spec.config",
+              "pycni.spec.result", "pycni.bridge.verbs", "pycni.bridge.config", "pycni.ipam.verbs", "pycni.ipam.config",
+              "pyroute2"}
+    for verb in ("ADD", "DEL"):
+        proc, report = audited(verb, conf, node=node, **env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+        assert report["bad"] == [], (verb, report["bad"])
+        assert staged <= set(report["modules"]), staged - set(report["modules"])
 
 
 def test_no_module_of_pycni_writes_sys_modules_or_imports_a_private_module():
