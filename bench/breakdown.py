@@ -123,7 +123,7 @@ def main() -> int:
         # 3. ADD in-process: pyroute2 link lookups vs raw rtnetlink
         code = f"""
 import io, json, sys, time, statistics
-from pycni import cli
+from pycni import runner
 from pycni.bridge import links
 from pycni.daemon import server
 server.preload()
@@ -138,10 +138,10 @@ for label in ("pyroute2", "raw"):
     for i in range(22):
         env = {{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"ip-{{label}}-{{i}}", "CNI_NETNS": "/var/run/netns/{pod}",
                "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}}
-        t = time.perf_counter(); rc, text = cli.run("pycni", env, data, stderr=io.StringIO()); ts.append(time.perf_counter() - t)
+        t = time.perf_counter(); rc, text = runner.run("pycni", env, data, stderr=io.StringIO()); ts.append(time.perf_counter() - t)
         assert rc == 0, text
         server._close_thread_sockets()
-        rc, text = cli.run("pycni", dict(env, CNI_COMMAND="DEL"), data, stderr=io.StringIO())
+        rc, text = runner.run("pycni", dict(env, CNI_COMMAND="DEL"), data, stderr=io.StringIO())
         server._close_thread_sockets()
     out[label] = round(statistics.median(ts[2:]) * 1000, 1)
 print(json.dumps(out))

@@ -65,17 +65,17 @@ def test_add_result_shape_links_and_sysctls(env):
 
 
 def test_one_add_in_process(env):
-    """One ADD through cli.run inside an interpreter (the daemon's path); its speed is `make bench`'s."""
+    """One ADD through runner.run inside an interpreter (the daemon's path); its speed is `make bench`'s."""
     conf = env.conf()
     pod1, pod2 = env.pod(), env.pod()
     env.add(conf, pod1)  # bridge creation on the first one
     code = (
         "import json,os,sys,time\n"
-        "from pycni import cli\n"
+        "from pycni import runner\n"
         "import pycni.bridge.verbs, pycni.bridge.links\n"
         "import pyroute2\n"
         "env=json.loads(sys.argv[1]); data=sys.argv[2].encode()\n"
-        "t=time.perf_counter(); rc,out=cli.run('pycni', env, data); dt=time.perf_counter()-t\n"
+        "t=time.perf_counter(); rc,out=runner.run('pycni', env, data); dt=time.perf_counter()-t\n"
         "print(json.dumps({'rc':rc,'dt':dt,'out':out}))\n"
     )
     cenv = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": pod2.cid, "CNI_NETNS": pod2.path, "CNI_IFNAME": "eth0",

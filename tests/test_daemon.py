@@ -742,7 +742,8 @@ def test_a_trickling_request_is_cut_after_the_read_deadline(daemon):
 
 
 def test_one_inotify_instance_in_the_daemon(env, daemon):
-    """Issue 15 item 7: ADD+DEL on 30 networks left 30 inotify instances in the daemon."""
+    """Issue 15 item 7: ADD+DEL on 30 networks left 30 inotify instances in the daemon. Now one per
+    worker process (each has its lease cache), however many networks, and no watch outlives its directory."""
     pod = env.pod()
     for n in range(30):
         net = {"cniVersion": "1.0.0", "name": f"inet{n}", "type": "pycni-host-local",
@@ -750,11 +751,35 @@ def test_one_inotify_instance_in_the_daemon(env, daemon):
         assert env.run("ADD", net, pod, plugin="pycni-host-local", **warm(daemon)).returncode == 0
         assert env.run("DEL", net, pod, plugin="pycni-host-local", **warm(daemon)).returncode == 0
     assert daemon.served(pod.cid) == 60
-    fds = [f for f in os.listdir(f"/proc/{daemon.pid}/fd")
-           if os.readlink(f"/proc/{daemon.pid}/fd/{f}") == "anon_inode:inotify"]
-    assert len(fds) == 1, fds
+    instances = {pid: fds for pid, fds in _inotify_instances(daemon.pid).items() if fds}
+    assert instances and all(len(fds) == 1 for fds in instances.values()), instances
+    assert len(instances) <= _state(daemon)["processes"], instances  # workers only, one each
     import shutil
 
     shutil.rmtree(env.ipam_dir)
-    with open(f"/proc/{daemon.pid}/fdinfo/{fds[0]}") as fh:
-        assert not [line for line in fh if line.startswith("inotify wd:")]  # released with the directories
+    for pid, (fd,) in instances.items():
+        with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
+            assert not [line for line in fh if line.startswith("inotify wd:")]  # released with the directories
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and its live descendants (the daemon, its zygote and its worker processes)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in os.listdir(f"/proc/{p}/task"):
+            with open(f"/proc/{p}/task/{task}/children") as fh:
+                todo.extend(int(c) for c in fh.read().split())
+    return out
+
+
+def _inotify_instances(pid: int) -> dict[int, list[str]]:
+    return {p: [f for f in os.listdir(f"/proc/{p}/fd") if os.readlink(f"/proc/{p}/fd/{f}") == "anon_inode:inotify"]
+            for p in _tree(pid)}
+
+
+def _state(d: Daemon) -> dict:
+    from pycni import runstate
+
+    return runstate.read(runstate.daemon_file(str(d.sock)))
