@@ -106,9 +106,9 @@ def main() -> int:
         report["cold exec'd (ms p50)"] = cold
 
         # 2. imports
-        lean = ("import time, sys; t=time.perf_counter(); from pycni.bridge import links; links._lean_pyroute2(); "
+        lean = ("import time, sys; t=time.perf_counter(); from pycni.bridge import netlink; netlink._lean_pyroute2(); "
                 "from pyroute2.iproute.linux import IPRoute; print(time.perf_counter()-t)")
-        full = ("import time, sys; t=time.perf_counter(); from pycni.bridge import links; "
+        full = ("import time, sys; t=time.perf_counter(); from pycni.bridge import netlink; "
                 "from pyroute2 import IPRoute; print(time.perf_counter()-t)")
         models = ("import time, sys, types; {stub}t=time.perf_counter(); import pycni.bridge.verbs, pycni.bridge.config, "
                   "pycni.ipam.verbs; print(time.perf_counter()-t)")
@@ -140,9 +140,7 @@ for label in ("pyroute2", "raw"):
                "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}}
         t = time.perf_counter(); rc, text = runner.run("pycni", env, data, stderr=io.StringIO()); ts.append(time.perf_counter() - t)
         assert rc == 0, text
-        server._close_thread_sockets()
         rc, text = runner.run("pycni", dict(env, CNI_COMMAND="DEL"), data, stderr=io.StringIO())
-        server._close_thread_sockets()
     out[label] = round(statistics.median(ts[2:]) * 1000, 1)
 print(json.dumps(out))
 """
@@ -158,12 +156,6 @@ from pycni.ipam.ranges import Range, RangeSet
 d = {str(tmp / "leases")!r}; os.makedirs(d + "/net")
 rs = RangeSet.build([Range.build("10.99.0.0/16")], where="x")
 first = ipaddress.ip_address("10.99.0.2")
-real_watch = store._Watch
-
-class NoInotify:
-    def __init__(self, *a):
-        raise OSError("disabled")
-
 out = {{}}
 for n in (0, 250, 1000):
     for k in range(n):
@@ -171,20 +163,21 @@ for n in (0, 250, 1000):
         if not os.path.exists(path):
             open(path, "w").write(f"filler-{{k}}\\r\\neth0")
     row = {{}}
-    for label, cache, watch in (("exec'd: read every lease", False, real_watch),
-                                ("daemon, stat cache (no inotify)", True, NoInotify),
-                                ("daemon, inotify view", True, real_watch)):
-        store._cache_enabled, store._Watch = cache, watch
-        store._seen.clear(); store._watches.clear()
+    for label, make in (("exec'd: read every lease", lambda: None),
+                        ("daemon, stat cache (no inotify)", lambda: store.LeaseCache(inotify=False)),
+                        ("daemon, inotify view", store.LeaseCache)):
+        cache = make()
         ts = []
         for i in range(25):
             open(f"{{d}}/net/last_reserved_ip.0", "w").write("10.99.0.1")
             t = time.perf_counter()
-            with store.DiskStore(d, "net") as st:
+            with store.DiskStore(d, "net", cache=cache) as st:
                 allocator.allocate([rs], [], st, f"c{{i}}", "eth0")
                 allocator.release(st, f"c{{i}}", "eth0")
             ts.append(time.perf_counter() - t)
         row[label] = round(statistics.median(ts[1:]) * 1000, 2)
+        if cache is not None:
+            cache.close()
     out[str(n)] = row
 print(json.dumps(out))
 """

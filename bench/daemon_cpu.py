@@ -54,6 +54,23 @@ def profiled(*args, **kwargs):  # in the worker processes; requests are sent one
         prof.disable()
         prof.dump_stats(f"{out}.{os.getpid()}")
 runner.run = profiled
+import threading, pstats
+main_lock, main_stats = threading.Lock(), []
+handle = server.Server._handle
+def profiled_handle(*args, **kwargs):  # the main process's share: one profile per connection, merged
+    p = cProfile.Profile(time.thread_time)
+    p.enable()
+    try:
+        return handle(*args, **kwargs)
+    finally:
+        p.disable()
+        with main_lock:
+            if main_stats:
+                main_stats[0].add(p)
+            else:
+                main_stats.append(pstats.Stats(p))
+            main_stats[0].dump_stats(f"{out}-main")
+server.Server._handle = profiled_handle
 sys.argv[1:] = sys.argv[2:]
 sys.exit(server.main(sys.argv[1:]))
 """
@@ -239,6 +256,9 @@ class Bench:
     def merge_profiles(self) -> None:
         import pstats
 
+        if (self.tmp / "prof-main").exists():
+            print("== the main process (connections), per connection thread")
+            pstats.Stats(str(self.tmp / "prof-main")).sort_stats("cumulative").print_stats(30)
         files = sorted(str(p) for p in self.tmp.glob("prof.*"))
         if not files:
             print("no profile written", file=sys.stderr)

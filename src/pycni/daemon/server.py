@@ -58,7 +58,11 @@ log = logging.getLogger("pycnid")  # not under "pycni": those handlers belong to
 def preload() -> None:
     """Import and warm up everything a verb needs, so no request pays for it (the workers are forked
     from this state)."""
+    import pycni.bridge.links
     import pycni.bridge.masquerade
+    import pycni.bridge.netns
+    import pycni.bridge.probes
+    import pycni.bridge.sysctl
     import pycni.bridge.verbs
     import pycni.context
     import pycni.ipam.store
@@ -66,10 +70,10 @@ def preload() -> None:
     import pycni.spec.config
     import pycni.spec.request
     import pycni.spec.result  # noqa: F401
-    from pycni.bridge import links
+    from pycni.bridge import netlink
 
-    links._ipr()  # the first IPRoute loads pyroute2's message classes
-    links.close()
+    netlink.node()  # the first IPRoute loads pyroute2's message classes
+    netlink.close()
     runner.run("pycni", {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.1.0"}', stderr=io.StringIO())
 
 
