@@ -1,13 +1,19 @@
-"""pycni's rtnetlink plumbing: the netlink handle of the node namespace, the raw link lookup, errors.
+"""pycni's rtnetlink plumbing: the netlink handles of a namespace, the channel, lookups, errors.
 
 Everything here is about talking to the kernel, not about what is asked of it (that is `links`):
 
-- the pyroute2 handle of the namespace the plugin runs in ("node"): one per thread, opened lazily
-  (`node()`), because the daemon serves requests concurrently; `close()` drops this thread's;
+- `Handles`: the netlink sockets of one namespace, as an object its owner passes around - the
+  verbs get the node's from the request's Context (a daemon worker thread keeps its handles for
+  its whole life) or open their own for one request (`handles()`); `netns.Pod` has the pod's;
+- `Channel`: the hot path. pyroute2's own message classes (ifinfmsg, ifaddrmsg, rtmsg: the bytes
+  its IPRoute would send - tests/test_netlink_messages.py compares them with pyroute2's IPBatch)
+  sent over one socket, the messages of one step in one datagram (the kernel runs them in order and
+  acknowledges each), answers decoded only as far as a lookup needs (`get_link`, `addresses`).
+  pyroute2's IPRoute costs ~1 ms of CPU to open and ~0.5 ms per call (request filters, an asyncio
+  loop turned per call): it was most of the daemon's CPU per ADD. It is kept for the rare
+  operations (bridge creation, VLANs, port flags, listing links and routes): `Handles.ipr`;
 - pyroute2 is imported lazily, so VERSION, STATUS and a DEL whose links are already gone never pay
   its import cost, and only its rtnetlink modules, not the package's __init__ (see `_lean_pyroute2`);
-- the one raw rtnetlink client (`raw_get_link`): RTM_GETLINK by name, decoded here into a `Link`,
-  used for every link lookup (cheaper than pyroute2, which decodes every attribute) and by STATUS;
 - `kernel(what)`: every netlink or OS failure becomes CNIError code 101 (pycni's "kernel operation
   failed", SPEC.md "Error": codes 100+ are plugin-specific) naming the object at fault.
 """
@@ -17,8 +23,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import struct
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +33,6 @@ from ..spec.errors import KERNEL, CNIError
 
 IFF_UP = 0x1
 IFF_PROMISC = 0x100
-
-_host: threading.local = threading.local()  # .ipr: this thread's netlink socket in the node netns
 
 
 @dataclass
@@ -133,39 +137,6 @@ def error_code(exc: BaseException) -> int:
     return int(getattr(exc, "code", 0) or getattr(exc, "errno", 0) or 0)
 
 
-def node() -> Any:
-    """The netlink socket of the namespace the plugin runs in (opened once per thread, lazily),
-    with a raw rtnetlink socket opened at the same time, in the same namespace, for `get_link`."""
-    ipr = getattr(_host, "ipr", None)
-    if ipr is None:
-        ipr = _host.ipr = iproute()
-        _host.raw = raw_socket()
-    return ipr
-
-
-def close() -> None:
-    """Close this thread's node netlink sockets (the daemon does after every request)."""
-    ipr, raw = getattr(_host, "ipr", None), getattr(_host, "raw", None)
-    _host.ipr = _host.raw = None
-    if raw is not None:
-        raw.close()
-    if ipr is not None:
-        with contextlib.suppress(*errors()):
-            ipr.close()
-
-
-
-def is_node(ipr: Any) -> bool:
-    """Whether `ipr` is this thread's node handle (as opposed to a pod's, opened inside `netns.Pod`)."""
-    return ipr is getattr(_host, "ipr", None)
-
-
-def node_raw() -> Any:
-    """This thread's raw rtnetlink socket in the node netns (opened with the node handle)."""
-    node()
-    return _host.raw
-
-
 def link_from_msg(msg: Any) -> Link:
     info = msg.get("IFLA_LINKINFO")
     kind = info.get("IFLA_INFO_KIND") if info is not None else ""
@@ -183,13 +154,19 @@ def link_from_msg(msg: Any) -> Link:
 
 
 
-_IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_LINK, _IFLA_MASTER, _IFLA_LINKINFO, _IFLA_IFALIAS = 1, 3, 4, 5, 10, 18, 20
-_IFLA_INFO_KIND = 1
-_RTM_NEWLINK, _RTM_GETLINK, _NLMSG_ERROR, _NLM_F_REQUEST = 16, 18, 2, 1
+# <linux/netlink.h>, <linux/rtnetlink.h>, <linux/if_link.h>, <linux/if_addr.h>
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x300, 0x200, 0x400
+CREATE = NLM_F_CREATE | NLM_F_EXCL  # what `ip ... add` and IPRoute's "add" ask for
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR, RTM_NEWROUTE = 16, 17, 18, 20, 21, 22, 24
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS = 1, 3, 4, 5, 10, 18, 20
+IFLA_INFO_KIND = 1
+IFA_ADDRESS, IFA_FLAGS = 1, 8
+SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 
 
 def raw_socket() -> Any:
-    """A raw NETLINK_ROUTE socket in the calling thread's current network namespace."""
+    """A NETLINK_ROUTE socket in the calling thread's current network namespace."""
     import socket
 
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
@@ -203,8 +180,7 @@ def raw_socket() -> Any:
 
 
 def attrs(buf: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-    import struct
-
+    """The (type, payload) of each netlink attribute in buf[start:end]."""
     while start + 4 <= end:
         alen, atype = struct.unpack_from("HH", buf, start)
         if alen < 4:
@@ -213,54 +189,210 @@ def attrs(buf: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
         start += (alen + 3) & ~3
 
 
-_seq = 0
+def _messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """(type, sequence number, start, length) of each netlink message in one datagram."""
+    pos = 0
+    while pos + 16 <= len(data):
+        length, mtype, _flags, seq = struct.unpack_from("IHHI", data, pos)
+        if length < 16:
+            return
+        yield mtype, seq, pos, length
+        pos += (length + 3) & ~3
 
 
-def raw_get_link(sock: Any, name: str) -> Link | None:
-    """RTM_GETLINK by name; None when there is no such link (ENODEV)."""
-    import struct
+class Channel:
+    """One NETLINK_ROUTE socket in the network namespace of the thread that opened it, used
+    synchronously: request, then its answers (matched by sequence number; anything else is dropped)."""
 
-    global _seq
-    _seq = (_seq + 1) & 0x7FFFFFFF
-    seq = _seq
-    encoded = name.encode() + b"\0"
-    attr = struct.pack("HH", 4 + len(encoded), _IFLA_IFNAME) + encoded
-    attr += b"\0" * (-len(attr) % 4)
-    body = struct.pack("BxHiII", 0, 0, 0, 0, 0) + attr
-    try:
-        sock.send(struct.pack("IHHII", 16 + len(body), _RTM_GETLINK, _NLM_F_REQUEST, seq, 0) + body)
+    def __init__(self) -> None:
+        self.sock = raw_socket()
+        with contextlib.suppress(OSError):  # dumps filtered by the kernel (one interface's addresses), 4.20+
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+        self.seq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _next(self) -> int:
+        self.seq = (self.seq + 1) & 0x7FFFFFFF or 1
+        return self.seq
+
+    def run(self, *requests: tuple[Any, int, int]) -> list[int]:
+        """Send (pyroute2 message, type, flags) requests in one datagram; the errno of each (0: done),
+        in order. The kernel runs them one after the other and acknowledges each, a failed one too."""
+        buf = bytearray()
+        seqs = []
+        for msg, mtype, flags in requests:
+            header = msg["header"]
+            header["type"], header["flags"] = mtype, NLM_F_REQUEST | NLM_F_ACK | flags
+            header["sequence_number"] = self._next()
+            msg.encode()
+            buf += msg.data
+            seqs.append(header["sequence_number"])
+        answers: dict[int, int] = {}
+        self.sock.send(buf)
+        while len(answers) < len(seqs):
+            data = self.sock.recv(1 << 16)
+            for mtype, seq, pos, _length in _messages(data):
+                if mtype == NLMSG_ERROR and seq in seqs:
+                    answers[seq] = -struct.unpack_from("i", data, pos + 16)[0]
+        return [answers[seq] for seq in seqs]
+
+    def _send(self, mtype: int, flags: int, body: bytes) -> int:
+        seq = self._next()
+        self.sock.send(struct.pack("IHHII", 16 + len(body), mtype, NLM_F_REQUEST | flags, seq, 0) + body)
+        return seq
+
+    def get_link(self, name: str) -> Link | None:
+        """RTM_GETLINK by name, decoded into a Link (only its attributes); None when there is no such link."""
+        encoded = name.encode() + b"\0"
+        attr = struct.pack("HH", 4 + len(encoded), IFLA_IFNAME) + encoded
+        body = struct.pack("BxHiII", 0, 0, 0, 0, 0) + attr + b"\0" * (-len(attr) % 4)
+        try:
+            seq = self._send(RTM_GETLINK, 0, body)
+            while True:
+                data = self.sock.recv(1 << 16)
+                found = [(mtype, pos, length) for mtype, got, pos, length in _messages(data) if got == seq]
+                if found:
+                    break
+        except OSError as exc:
+            raise CNIError(KERNEL, f"failed to look up link {name!r}", str(exc)) from None
+        mtype, pos, length = found[0]
+        if mtype == NLMSG_ERROR:
+            (err,) = struct.unpack_from("i", data, pos + 16)
+            if -err in (errno.ENODEV, errno.ENOENT):
+                return None
+            raise CNIError(KERNEL, f"failed to look up link {name!r}", os.strerror(-err))
+        if mtype != RTM_NEWLINK:
+            raise CNIError(KERNEL, f"unexpected rtnetlink answer looking up {name!r}", f"type {mtype}")
+        return _decode_link(data, pos, length)
+
+    def dump(self, mtype: int, body: bytes) -> list[tuple[bytes, int, int]]:
+        """The answers to a dump request: (datagram, start, length) of each message."""
+        seq = self._send(mtype, NLM_F_DUMP, body)
+        out = []
         while True:
-            data = sock.recv(1 << 16)
-            length, mtype, _flags, got = struct.unpack_from("IHHI", data, 0)
-            if got == seq:
-                break
-    except OSError as exc:
-        raise CNIError(KERNEL, f"failed to look up link {name!r}", str(exc)) from None
-    if mtype == _NLMSG_ERROR:
-        (err,) = struct.unpack_from("i", data, 16)
-        if -err in (errno.ENODEV, errno.ENOENT):
-            return None
-        raise CNIError(KERNEL, f"failed to look up link {name!r}", os.strerror(-err))
-    if mtype != _RTM_NEWLINK:
-        raise CNIError(KERNEL, f"unexpected rtnetlink answer looking up {name!r}", f"type {mtype}")
-    _family, _type, index, flags, _change = struct.unpack_from("BxHiII", data, 16)
+            data = self.sock.recv(1 << 16)
+            for got, mseq, pos, length in _messages(data):
+                if mseq != seq:
+                    continue
+                if got == NLMSG_DONE:
+                    return out
+                if got == NLMSG_ERROR:
+                    err = -struct.unpack_from("i", data, pos + 16)[0]
+                    raise OSError(err, os.strerror(err))
+                out.append((data, pos, length))
+
+    def addresses(self, index: int) -> list[tuple[str, int, int]]:
+        """(address "ip/prefixlen", family, flags) of every address of interface `index`."""
+        import socket
+
+        out = []
+        for data, pos, length in self.dump(RTM_GETADDR, struct.pack("BBBBI", 0, 0, 0, 0, index)):
+            family, prefixlen, flags, _scope, ifindex = struct.unpack_from("BBBBI", data, pos + 16)
+            if ifindex != index:
+                continue  # a kernel without strict dump checking sends every interface's
+            address = None
+            for atype, payload in attrs(data, pos + 24, pos + length):
+                if atype == IFA_ADDRESS:
+                    address = socket.inet_ntop(socket.AF_INET if family == 2 else socket.AF_INET6, payload)
+                elif atype == IFA_FLAGS:
+                    (flags,) = struct.unpack_from("I", payload)
+            if address is not None:
+                out.append((f"{address}/{prefixlen}", family, flags))
+        return out
+
+
+_LINK_ATTRS = frozenset({IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS})
+
+
+def _decode_link(data: bytes, pos: int, length: int) -> Link:
+    """A Link from an RTM_NEWLINK answer: only the attributes it holds are looked at (an answer has ~50,
+    statistics included)."""
+    _family, _type, index, flags, _change = struct.unpack_from("BxHiII", data, pos + 16)
     link = Link(name="", index=index, flags=flags)
-    for atype, payload in attrs(data, 32, length):
-        if atype == _IFLA_IFNAME:
-            link.name = payload.rstrip(b"\0").decode(errors="replace")
-        elif atype == _IFLA_ADDRESS:
-            link.mac = ":".join(f"{b:02x}" for b in payload)
-        elif atype == _IFLA_MTU:
-            (link.mtu,) = struct.unpack_from("I", payload)
-        elif atype == _IFLA_LINK:
-            (link.peer_index,) = struct.unpack_from("i", payload)
-        elif atype == _IFLA_MASTER:
-            (link.master,) = struct.unpack_from("i", payload)
-        elif atype == _IFLA_IFALIAS:
-            link.alias = payload.rstrip(b"\0").decode(errors="replace")
-        elif atype == _IFLA_LINKINFO:
-            for itype, ipayload in attrs(payload, 0, len(payload)):
-                if itype == _IFLA_INFO_KIND:
-                    link.kind = ipayload.rstrip(b"\0").decode(errors="replace")
+    start, end = pos + 32, pos + length
+    unpack = struct.unpack_from
+    while start + 4 <= end:
+        alen, atype = unpack("HH", data, start)
+        if alen < 4:
+            break
+        atype &= 0x3FFF
+        if atype in _LINK_ATTRS:
+            payload = data[start + 4 : start + alen]
+            if atype == IFLA_IFNAME:
+                link.name = payload.rstrip(b"\0").decode(errors="replace")
+            elif atype == IFLA_ADDRESS:
+                link.mac = ":".join(f"{b:02x}" for b in payload)
+            elif atype == IFLA_MTU:
+                (link.mtu,) = unpack("I", payload)
+            elif atype == IFLA_LINK:
+                (link.peer_index,) = unpack("i", payload)
+            elif atype == IFLA_MASTER:
+                (link.master,) = unpack("i", payload)
+            elif atype == IFLA_IFALIAS:
+                link.alias = payload.rstrip(b"\0").decode(errors="replace")
+            else:  # IFLA_LINKINFO
+                for itype, ipayload in attrs(payload, 0, len(payload)):
+                    if itype == IFLA_INFO_KIND:
+                        link.kind = ipayload.rstrip(b"\0").decode(errors="replace")
+        start += (alen + 3) & ~3
     return link
 
+
+def messages() -> Any:
+    """pyroute2's rtnetlink message classes (ifinfmsg, ifaddrmsg, rtmsg), imported on first use."""
+    _lean_pyroute2()
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    return ifinfmsg, ifaddrmsg, rtmsg
+
+
+class Handles:
+    """The netlink sockets of the namespace the calling thread is in when they are first used: the
+    channel, and pyroute2's IPRoute for the rare operations. Opened lazily, closed by their owner."""
+
+    def __init__(self) -> None:
+        self._channel: Channel | None = None
+        self._ipr: Any = None
+
+    @property
+    def channel(self) -> Channel:
+        if self._channel is None:
+            self._channel = Channel()
+        return self._channel
+
+    @property
+    def ipr(self) -> Any:
+        if self._ipr is None:
+            self._ipr = iproute()
+        return self._ipr
+
+    def get_link(self, name: str) -> Link | None:
+        return self.channel.get_link(name)
+
+    def close(self) -> None:
+        channel, ipr = self._channel, self._ipr
+        self._channel = self._ipr = None
+        if channel is not None:
+            channel.close()
+        if ipr is not None:
+            with contextlib.suppress(*errors()):
+                ipr.close()
+
+
+@contextlib.contextmanager
+def handles(context: Any = None) -> Iterator[Handles]:
+    """The node handles of a request: its Context's (a daemon worker thread's, kept open between
+    requests), else new ones for this request only."""
+    kept = getattr(context, "netlink", None)
+    if kept is not None:
+        yield kept
+        return
+    own = Handles()
+    try:
+        yield own
+    finally:
+        own.close()

@@ -62,31 +62,27 @@ def open_netns(path: str) -> int:
 
 
 class Pod:
-    """Inside a pod netns: `with Pod(path) as pod: pod.ipr...` (thread switched back on exit).
+    """Inside a pod netns: `with Pod(path) as pod: pod.nl...` (thread switched back on exit).
 
-    The netns fd stays open for the object's lifetime so it can be used as IFLA_NET_NS_FD.
+    `pod.nl` (netlink.Handles) exists only inside: its sockets are opened there on first use, so they
+    belong to the pod, and are closed on exit. The netns fd stays open for the object's lifetime so
+    it can be used as IFLA_NET_NS_FD.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd = open_netns(path)
-        self.ipr: Any = None
+        self.nl: netlink.Handles | None = None
         self._home = -1
 
     def __enter__(self) -> Self:
-        iproute_cls = netlink.iproute_class()  # imported before the switch
-
         self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             _setns(self.fd)
         except OSError as exc:
             os.close(self._home)
             raise CNIError(INVALID_ENV, f"{self.path!r} is not a network namespace", str(exc)) from None
-        try:
-            self.ipr = iproute_cls()
-        except BaseException:
-            self._leave()
-            raise
+        self.nl = netlink.Handles()
         return self
 
     def _leave(self) -> None:
@@ -97,9 +93,9 @@ class Pod:
 
     def __exit__(self, *exc: object) -> None:
         try:
-            if self.ipr is not None:
-                self.ipr.close()
-                self.ipr = None
+            if self.nl is not None:
+                self.nl.close()
+                self.nl = None
         finally:
             self._leave()
 

@@ -23,13 +23,6 @@ def host_link_names() -> set[str]:
 
 
 
-def netlink_ready() -> None:
-    """STATUS: the plugin can talk rtnetlink and may create links (CAP_NET_ADMIN)."""
-    with netlink.kernel("open an rtnetlink socket"):
-        netlink.node().get_links(1)
-
-
-
 def link_kind_raw(name: str) -> str | None:
     """Kind of link `name` ("bridge", "veth", "" when unknown), None when absent - over a raw
     rtnetlink socket, without pyroute2, so STATUS stays cheap. Raises CNIError 101 when rtnetlink

@@ -72,8 +72,8 @@ def preload() -> None:
     import pycni.spec.result  # noqa: F401
     from pycni.bridge import netlink
 
-    netlink.node()  # the first IPRoute loads pyroute2's message classes
-    netlink.close()
+    netlink.messages()  # pyroute2's message classes (the channel's) and IPRoute (the rare operations)
+    netlink.iproute_class()
     runner.run("pycni", {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.1.0"}', stderr=io.StringIO())
 
 

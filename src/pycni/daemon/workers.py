@@ -55,6 +55,7 @@ def serve(sock: socket.socket, threads: int) -> None:
     import io
 
     from .. import runner
+    from ..bridge.netlink import Handles
     from ..context import Context
     from ..ipam.store import LeaseCache
     from ..spec.errors import INTERNAL
@@ -66,10 +67,10 @@ def serve(sock: socket.socket, threads: int) -> None:
     def context() -> Context:
         ctx = getattr(local, "context", None)
         if ctx is None:
-            ctx = local.context = Context(leases=leases)
+            ctx = local.context = Context(leases=leases, netlink=Handles())  # opened in the node, on first use
         return ctx
 
-    def handle(rid: int, plugin: str, env: dict[str, str], stdin: bytes) -> None:
+    def handle(rid: int, plugin: str, env: dict[str, str], stdin: bytes) -> None:  # on a pool thread
         logs = io.StringIO()
         try:
             status, text = runner.run(plugin, env, stdin, stderr=logs, context=context())

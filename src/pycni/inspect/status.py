@@ -44,9 +44,10 @@ def daemon_status(sock: str) -> dict:
 
 
 def _links():
-    from ..bridge import links
+    from ..bridge import links, netlink
 
-    return links, links.links_with_alias_prefix("")  # every link of this netns
+    with netlink.handles() as nl:
+        return links, links.links_with_alias_prefix(nl, "")  # every link of this netns
 
 
 def bridge_status(name: str, all_links, links_mod) -> dict:
