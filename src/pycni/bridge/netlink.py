@@ -200,6 +200,14 @@ def _messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
         pos += (length + 3) & ~3
 
 
+def frame(msg: Any, mtype: int, flags: int, seq: int) -> bytes:
+    """A pyroute2 message encoded as a request of type `mtype` that asks for an acknowledgement."""
+    header = msg["header"]
+    header["type"], header["flags"], header["sequence_number"] = mtype, NLM_F_REQUEST | NLM_F_ACK | flags, seq
+    msg.encode()
+    return bytes(msg.data)
+
+
 class Channel:
     """One NETLINK_ROUTE socket in the network namespace of the thread that opened it, used
     synchronously: request, then its answers (matched by sequence number; anything else is dropped)."""
@@ -223,12 +231,8 @@ class Channel:
         buf = bytearray()
         seqs = []
         for msg, mtype, flags in requests:
-            header = msg["header"]
-            header["type"], header["flags"] = mtype, NLM_F_REQUEST | NLM_F_ACK | flags
-            header["sequence_number"] = self._next()
-            msg.encode()
-            buf += msg.data
-            seqs.append(header["sequence_number"])
+            seqs.append(self._next())
+            buf += frame(msg, mtype, flags, seqs[-1])
         answers: dict[int, int] = {}
         self.sock.send(buf)
         while len(answers) < len(seqs):
