@@ -6,10 +6,6 @@
 
 from __future__ import annotations
 
-import errno
-import os
-
-from ..spec.errors import KERNEL, CNIError
 from . import netlink
 
 
@@ -27,38 +23,12 @@ def link_kind_raw(name: str) -> str | None:
     """Kind of link `name` ("bridge", "veth", "" when unknown), None when absent - over a raw
     rtnetlink socket, without pyroute2, so STATUS stays cheap. Raises CNIError 101 when rtnetlink
     cannot be reached."""
-    import socket
-    import struct
-
-    rtm_getlink, rtm_newlink, nlmsg_error, ifla_ifname, ifla_linkinfo, ifla_info_kind = 18, 16, 2, 3, 18, 1
-    encoded = name.encode() + b"\0"
-    attr = struct.pack("HH", 4 + len(encoded), ifla_ifname) + encoded
-    attr += b"\0" * (-len(attr) % 4)
-    body = struct.pack("BxHiII", 0, 0, 0, 0, 0) + attr
-    msg = struct.pack("IHHII", 16 + len(body), rtm_getlink, 1, 1, 0) + body
+    sock = netlink.raw_socket()
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
-            sock.settimeout(5)
-            sock.bind((0, 0))
-            sock.send(msg)
-            data = sock.recv(65536)
-    except OSError as exc:
-        raise CNIError(KERNEL, "rtnetlink is not reachable", str(exc)) from None
-    length, mtype = struct.unpack_from("IH", data, 0)
-    if mtype == nlmsg_error:
-        (err,) = struct.unpack_from("i", data, 16)
-        if -err in (errno.ENODEV, errno.ENOENT):
-            return None
-        raise CNIError(KERNEL, f"rtnetlink GETLINK {name!r} failed", os.strerror(-err))
-    if mtype != rtm_newlink:
-        raise CNIError(KERNEL, "unexpected rtnetlink answer", f"type {mtype}")
-
-    for atype, payload in netlink.attrs(data, 32, length):
-        if atype == ifla_linkinfo:
-            for itype, ipayload in netlink.attrs(payload, 0, len(payload)):
-                if itype == ifla_info_kind:
-                    return ipayload.rstrip(b"\0").decode()
-    return ""
+        link = netlink.raw_get_link(sock, name)
+    finally:
+        sock.close()
+    return None if link is None else link.kind
 
 
 def can_admin_network() -> bool:
