@@ -205,24 +205,16 @@ class LeaseCache:
         events said so; `scan()` lists the directory when the view is gone. The caller holds the flock."""
         with self.lock:
             self._pump()
-            names = watch.names
-            if names is None:
+            if watch.names is None:
                 watch.dirty.clear()
-                names = {}
+                watch.names, watch.temporaries, watch.held = {}, set(), {4: set(), 6: set()}
                 for name in scan():
-                    lease = read(name)
-                    if lease is not _MISSING:
-                        names[name] = lease
-                watch.names = names
-                return names
+                    watch.put(name, read(name))
+                return watch.names
             for name in watch.dirty:
-                lease = read(name)
-                if lease is _MISSING:
-                    names.pop(name, None)
-                else:
-                    names[name] = lease
+                watch.put(name, read(name))
             watch.dirty.clear()
-            return names
+            return watch.names
 
     def remember(self, path: str, fresh: dict[str, tuple[tuple[int, int, int, int], Lease]]) -> None:
         with self.lock:
@@ -243,6 +235,24 @@ class _Watch:
         self.names: dict[str, Lease | None] | None = None  # None: scan the directory
         self.dirty: set[str] = set()
         self.dead = False
+        # kept with `names`, so that no request walks 1,000 names to find them:
+        self.temporaries: set[str] = set()  # names of writers' temporary files
+        self.held: dict[int, set[int]] = {4: set(), 6: set()}  # family -> addresses of non-empty leases
+
+    def put(self, name: str, lease: Lease | None) -> None:
+        """Record what `name` is now (_MISSING: gone)."""
+        assert self.names is not None
+        old = self.names.pop(name, None)
+        if old is not None and not old.empty:
+            self.held[old.ip.version].discard(int(old.ip))
+        if lease is _MISSING:
+            self.temporaries.discard(name)
+            return
+        self.names[name] = lease
+        if name.startswith(TMP_PREFIX):
+            self.temporaries.add(name)
+        if lease is not None and not lease.empty:
+            self.held[lease.ip.version].add(int(lease.ip))
 
 
 _MISSING: Lease = Lease(ipaddress.ip_address("0.0.0.0"), None, None)  # a name that no longer exists
@@ -337,14 +347,27 @@ class DiskStore:
         ip = _parse_ip(name)
         return self._lease(ip, name) if ip is not None else None
 
+    def temporaries(self) -> list[str]:
+        """Names of temporary files (TMP_PREFIX) in the directory."""
+        if self._watch is not None:
+            self._names()
+            return sorted(self._watch.temporaries)
+        return [e.name for e in os.scandir(self.dir_fd) if e.name.startswith(TMP_PREFIX)]
+
+    def held(self, family: int) -> set[int]:
+        """The addresses (as integers) of the non-empty leases of one family: what an ADD must skip."""
+        if self._watch is not None:
+            self._names()
+            return set(self._watch.held[family])
+        return {int(lease.ip) for lease in self.leases() if not lease.empty and lease.ip.version == family}
+
     def _sweep_temporaries(self) -> None:
         """Temporary files seen while we hold the lock belong to writers that died: remove them.
 
         Only regular files are ours (every writer creates its temporary with O_CREAT|O_EXCL): a symlink,
         a FIFO or a directory someone made with our prefix is left alone, and a name we cannot remove (an
         immutable file) must not stop the verb - every writer uses a fresh temporary name."""
-        names = self._names() if self._watch is not None else [e.name for e in os.scandir(self.dir_fd)]
-        for name in [n for n in names if n.startswith(TMP_PREFIX)]:
+        for name in self.temporaries():
             try:
                 if stat.S_ISREG(os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False).st_mode):
                     os.unlink(name, dir_fd=self.dir_fd)
