@@ -43,19 +43,20 @@ def daemon_status(sock: str) -> dict:
     return out
 
 
-def _links():
-    from ..bridge import links, netlink
+def _links(nl):
+    from ..bridge import links
 
-    with netlink.handles() as nl:
-        return links, links.links_with_alias_prefix(nl, "")  # every link of this netns
+    return links.links_with_alias_prefix(nl, "")  # every link of this netns
 
 
-def bridge_status(name: str, all_links, links_mod) -> dict:
+def bridge_status(name: str, all_links, nl) -> dict:
+    from ..bridge import links
+
     br = next((link for link in all_links if link.name == name), None)
     if br is None:
         return {"name": name, "exists": False}
     return {"name": name, "exists": True, "kind": br.kind, "up": bool(br.flags & 1),
-            "addresses": [a.address for a in links_mod.addresses(br.index)],
+            "addresses": [a.address for a in links.addresses(nl, br.index)],
             "ports": sum(1 for link in all_links if link.master == br.index)}
 
 
@@ -95,18 +96,25 @@ def masq_status(net: netconfs.Network) -> dict:
 
 
 def collect(args) -> dict:
+    from ..bridge import netlink
+
+    with netlink.handles() as nl:
+        return _collect(args, nl)
+
+
+def _collect(args, nl) -> dict:
     doc: dict = {"daemon": daemon_status(args.socket), "networks": [], "problems": []}
     found = netconfs.load(args.conf_dir)
     doc["problems"] += found.problems
     try:
-        links_mod, all_links = _links()
+        all_links = _links(nl)
     except Exception as exc:  # noqa: BLE001 - no netlink (a restricted container): report, go on
-        links_mod, all_links = None, None
+        all_links = None
         doc["problems"].append(f"netlink: {type(exc).__name__}: {exc}")
     for net in found.networks:
         entry: dict = {"name": net.name, "source": net.source, "cniVersion": net.cni_version}
         if all_links is not None:
-            entry["bridge"] = bridge_status(net.bridge, all_links, links_mod)
+            entry["bridge"] = bridge_status(net.bridge, all_links, nl)
         pool = pools.from_ipam(net.name, net.ipam) if net.ipam else None
         if pool is not None:
             entry["pool"] = {"dataDir": pool.data_dir,
