@@ -135,6 +135,36 @@ def test_the_daemons_lease_view_sees_every_change(tmp_path):
     cache.close()
 
 
+def test_the_lease_cache_keeps_held_addresses_and_temporaries_in_step(tmp_path):
+    """What the allocator skips (store.held) and what the sweep removes (store.temporaries) come from the
+    cache's indexes, not from a walk over the directory: they must follow every change, ours or not."""
+    import ipaddress
+
+    from pycni.ipam import store
+
+    cache = store.LeaseCache()
+    net = tmp_path / "net"
+    net.mkdir()
+
+    def view() -> tuple[set[str], list[str]]:
+        with store.DiskStore(str(tmp_path), "net", cache=cache) as st:
+            held = {str(ipaddress.ip_address(v)) for v in st.held(4)}
+            assert held == {str(lease.ip) for lease in st.leases() if not lease.empty}  # same as a full read
+            return held, st.temporaries()
+
+    (net / "10.99.0.2").write_text("a\r\neth0")
+    (net / "10.99.0.3").write_text("b\r\neth0")
+    assert view() == ({"10.99.0.2", "10.99.0.3"}, [])
+    (net / "10.99.0.3").unlink()
+    (net / "10.99.0.4").write_text("")  # empty: not held (ADD reclaims it)
+    assert view() == ({"10.99.0.2"}, [])
+    (net / "10.99.0.4").write_text("c\r\neth0")  # written later: held now
+    (net / f"{store.TMP_PREFIX}99-x").write_text("x")  # a dead writer's temporary: swept at the next open
+    assert view()[0] == {"10.99.0.2", "10.99.0.4"}
+    assert not (net / f"{store.TMP_PREFIX}99-x").exists() and view()[1] == []
+    cache.close()
+
+
 def _inotify_fds() -> dict[int, int]:
     """This process's inotify instances: fd -> how many watches the kernel holds for it."""
     out = {}
