@@ -216,6 +216,32 @@ def test_result_versions(env, version):
         assert result["interfaces"][2]["mtu"] == 1450
 
 
+def test_get_link_asks_the_namespace_of_its_handles(env):
+    """links.get_link(nl, name) looks in the namespace of the handles it is given: a pod's (opened in
+    the pod, usable inside `with pod` only - outside is refused, not silently the node's) or the node's."""
+    pod = env.pod()
+    env.pod_cmd(pod, "ip", "link", "add", "onlyinpod", "type", "veth", "peer", "name", "onlyinpod1")
+    code = (
+        "import json, sys\n"
+        "from pycni.bridge import links, netlink, netns\n"
+        "pod = netns.Pod(sys.argv[1])\n"
+        "with pod:\n"
+        "    inside = links.get_link(pod.nl, 'onlyinpod')\n"
+        "with pod:\n"
+        "    again = links.get_link(pod.nl, 'onlyinpod')  # the same socket, kept across `with` blocks\n"
+        "try:\n"
+        "    pod.nl\n"
+        "    refused = False\n"
+        "except RuntimeError:\n"
+        "    refused = True\n"
+        "with netlink.handles() as nl:\n"
+        "    node = links.get_link(nl, 'onlyinpod')\n"
+        "pod.close()\n"
+        "print(json.dumps([inside and inside.kind, again and again.kind, refused, node]))\n"
+    )
+    assert json.loads(env.node_cmd(sys.executable, "-c", code, pod.path)) == ["veth", "veth", True, None]
+
+
 # -- options ---------------------------------------------------------------------------------------
 
 
@@ -240,6 +266,10 @@ def test_default_gateway_and_ipam_routes(env):
     routes = env.pod_cmd(pod, "ip", "route")
     assert "default via 10.77.0.1" in routes and "192.168.200.0/24 via 10.77.0.1" in routes
     assert env.addrs(env.node, "cni0") == ["10.77.0.1/24"]
+    # protocol "boot", as iproute2 and the reference plugin add routes (pyroute2's default is "static")
+    # (`ip -j` leaves "boot" out; `ip -d` prints every route's protocol)
+    via = [line.split() for line in env.pod_cmd(pod, "ip", "-d", "route").splitlines() if " via " in line]
+    assert sorted((r[1], r[r.index("proto") + 1]) for r in via) == [("192.168.200.0/24", "boot"), ("default", "boot")]
 
 
 def test_hairpin_isolation_promisc(env):

@@ -16,11 +16,13 @@ import errno
 import ipaddress
 import os
 import random
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import faults
 from ..spec.errors import INVALID_CONFIG, KERNEL, CNIError
+from ..spec.result import U32_MAX
 from . import netlink
 from .netlink import (
     CREATE,
@@ -40,11 +42,12 @@ if TYPE_CHECKING:
     from .netlink import Handles
     from .netns import Pod
 
-__all__ = ["IFF_PROMISC", "IFF_UP", "Link"]  # re-exported: what a lookup returns
 
-IFA_F_NODAD = 0x02
-BRIDGE_VLAN_INFO_PVID = 0x2
-BRIDGE_VLAN_INFO_UNTAGGED = 0x4
+# IEEE 802: bit 0 of the first octet marks a multicast MAC, bit 1 a locally administered one
+_MAC_MULTICAST, _MAC_LOCAL = 0x01, 0x02
+# linux/rtnetlink.h: a route's protocol "boot" - as iproute2 and the reference (vishvananda/netlink) add
+# routes (pyroute2 says static), its type "unicast", and the main table (the header holds 8 bits of it)
+RTPROT_BOOT, RTN_UNICAST, RT_TABLE_MAIN = 3, 1, 254
 
 
 @dataclass
@@ -56,8 +59,8 @@ class Address:
 @dataclass
 class RouteInfo:
     dst: str
-    gw: str | None = None
-    table: int = 254
+    gw: str | None
+    table: int
     priority: int = 0
 
 
@@ -101,10 +104,12 @@ def address_message(index: int, iface: str, *, nodad: bool = False, delete: bool
     """RTM_NEWADDR / RTM_DELADDR of `iface` ("10.1.0.2/24"); IPv4 with its broadcast address (below
     /31), IPv6 with IFA_F_NODAD when asked."""
     _, ifaddrmsg, _ = netlink.messages()
+    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD  # loaded with the message class
+
     ip = ipaddress.ip_interface(iface)
     msg = ifaddrmsg()
     msg["family"], msg["prefixlen"], msg["flags"], msg["scope"], msg["index"] = (
-        2 if ip.version == 4 else 10, ip.network.prefixlen, 0, 0, index)
+        socket.AF_INET if ip.version == 4 else socket.AF_INET6, ip.network.prefixlen, 0, 0, index)
     attrs: list = [("IFA_ADDRESS", str(ip.ip))]
     if ip.version == 4:
         attrs.append(("IFA_LOCAL", str(ip.ip)))
@@ -128,15 +133,16 @@ def route_message(index: int, route: dict) -> Any:
     header's 8 bits in RTA_TABLE (the header then says main, as pyroute2 does)."""
     for key in _U32_ROUTE_FIELDS:
         value = route.get(key)
-        if value is not None and not 0 <= value <= 0xFFFFFFFF:
+        if value is not None and not 0 <= value <= U32_MAX:
             raise CNIError(INVALID_CONFIG, f"route {route.get('dst')}: {key} {value} does not fit in 32 bits")
     _, _, rtmsg = netlink.messages()
     dst = ipaddress.ip_network(route["dst"])
     table = route.get("table") or 0
     msg = rtmsg()
-    msg["family"], msg["dst_len"], msg["src_len"], msg["tos"] = 2 if dst.version == 4 else 10, dst.prefixlen, 0, 0
-    msg["table"] = table if 0 < table < 255 else 254
-    msg["proto"], msg["scope"], msg["type"], msg["flags"] = 3, route.get("scope") or 0, 1, 0
+    msg["family"], msg["dst_len"], msg["src_len"], msg["tos"] = (
+        socket.AF_INET if dst.version == 4 else socket.AF_INET6, dst.prefixlen, 0, 0)
+    msg["table"] = table if 0 < table < 255 else RT_TABLE_MAIN
+    msg["proto"], msg["scope"], msg["type"], msg["flags"] = RTPROT_BOOT, route.get("scope") or 0, RTN_UNICAST, 0
     attrs: list = [("RTA_DST", str(dst.network_address))] if dst.prefixlen else []
     attrs.append(("RTA_OIF", index))
     if route.get("gw"):
@@ -159,7 +165,7 @@ def _failed(code: int) -> str:
 def random_mac() -> str:
     """A locally administered unicast MAC."""
     octets = [random.randrange(256) for _ in range(6)]
-    octets[0] = (octets[0] & 0xFC) | 0x02
+    octets[0] = (octets[0] & ~_MAC_MULTICAST) | _MAC_LOCAL
     return ":".join(f"{o:02x}" for o in octets)
 
 
@@ -303,6 +309,8 @@ def configure_vlans(nl: Handles, link: Link, vlan: int, trunk: list[int], preser
     the default VLAN 1 is removed from the port unless `preserveDefaultVlan`."""
     if not vlan and not trunk:
         return
+    from pyroute2.netlink.rtnl.ifinfmsg import BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_UNTAGGED
+
     ipr = nl.ipr
     with kernel(f"set the VLANs of {link.name!r}"):
         if not preserve_default:
@@ -388,14 +396,14 @@ def pod_configure(pod: Pod, link: Link, ips: list[str], routes: list[dict], up: 
 
 def routes(nl: Handles, index: int | None = None) -> list[RouteInfo]:
     out = []
-    for family in (2, 10):
+    for family in (socket.AF_INET, socket.AF_INET6):
         for msg in nl.ipr.get_routes(family=family):
             if index is not None and msg.get("RTA_OIF") != index:
                 continue
             dst = msg.get("RTA_DST")
             length = msg["dst_len"]
             if dst is None:
-                dst = "0.0.0.0" if family == 2 else "::"
+                dst = "0.0.0.0" if family == socket.AF_INET else "::"
             out.append(RouteInfo(dst=str(ipaddress.ip_network(f"{dst}/{length}", strict=False)),
                                  gw=msg.get("RTA_GATEWAY"), table=msg.get("RTA_TABLE") or msg["table"],
                                  priority=msg.get("RTA_PRIORITY") or 0))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 import struct
 import sys
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from typing import Any
 
 from ..spec.errors import KERNEL, CNIError
 
+# linux/if.h (pyroute2.netlink.rtnl.ifinfmsg has them too; a lookup must not import pyroute2)
 IFF_UP = 0x1
 IFF_PROMISC = 0x100
 
@@ -54,11 +56,11 @@ class Link:
 
 @contextlib.contextmanager
 def kernel(what: str) -> Iterator[None]:
-    """Turn a netlink/OS failure into CNIError 101 naming what was being done."""
+    """Turn a kernel failure (a NetlinkError or an OSError, see `errors`) into CNIError 101 naming
+    what was being done. Anything else - a ValueError or TypeError is a bug of ours or of pyroute2 -
+    goes on to the generic handler (code 100, "internal error", with a traceback in the log)."""
     try:
         yield
-    except CNIError:
-        raise
     except errors() as exc:
         code = getattr(exc, "code", None) or getattr(exc, "errno", None) or 0
         detail = os.strerror(code) if isinstance(code, int) and code > 0 else str(exc)
@@ -126,11 +128,12 @@ def iproute() -> Any:
 
 
 def errors() -> tuple[type[BaseException], ...]:
-    """What a netlink request may raise (pyroute2's NetlinkError is not an OSError)."""
+    """What the kernel answers a failed request with: pyroute2's NetlinkError (not an OSError: it
+    carries the errno in `code`) and OSError (the socket itself failed)."""
     _lean_pyroute2()
     from pyroute2.netlink.exceptions import NetlinkError
 
-    return (NetlinkError, OSError, ValueError)
+    return (NetlinkError, OSError)
 
 
 def error_code(exc: BaseException) -> int:
@@ -163,16 +166,25 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_LINKINFO, IFLA
 IFLA_INFO_KIND = 1
 IFA_ADDRESS, IFA_FLAGS = 1, 8
 SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
+NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+NLMSGHDR = struct.Struct("IHHII")  # len, type, flags, seq, pid
+NLMSGERR = struct.Struct("i")  # the (negative) errno that follows the header of an NLMSG_ERROR
+IFINFOMSG = struct.Struct("BxHiII")  # family, type, index, flags, change
+IFADDRMSG = struct.Struct("BBBBI")  # family, prefixlen, flags, scope, index
+NLATTR = struct.Struct("HH")  # len, type
+RECV_SIZE = 1 << 16
+
+
+def align(n: int) -> int:
+    return (n + 3) & ~3  # NLA_ALIGN / NLMSG_ALIGN: 4 bytes
 
 
 def raw_socket() -> Any:
     """A NETLINK_ROUTE socket in the calling thread's current network namespace."""
-    import socket
-
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
     try:
         sock.settimeout(10)
-        sock.bind((0, 0))
+        sock.bind((0, 0))  # pid 0: the kernel assigns our port id; no multicast groups
     except OSError as exc:
         sock.close()
         raise CNIError(KERNEL, "rtnetlink is not reachable", str(exc)) from None
@@ -181,23 +193,23 @@ def raw_socket() -> Any:
 
 def attrs(buf: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
     """The (type, payload) of each netlink attribute in buf[start:end]."""
-    while start + 4 <= end:
-        alen, atype = struct.unpack_from("HH", buf, start)
-        if alen < 4:
+    while start + NLATTR.size <= end:
+        alen, atype = NLATTR.unpack_from(buf, start)
+        if alen < NLATTR.size:
             return
-        yield atype & 0x3FFF, buf[start + 4 : start + alen]
-        start += (alen + 3) & ~3
+        yield atype & NLA_TYPE_MASK, buf[start + NLATTR.size : start + alen]
+        start += align(alen)
 
 
 def _messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
     """(type, sequence number, start, length) of each netlink message in one datagram."""
     pos = 0
-    while pos + 16 <= len(data):
-        length, mtype, _flags, seq = struct.unpack_from("IHHI", data, pos)
-        if length < 16:
+    while pos + NLMSGHDR.size <= len(data):
+        length, mtype, _flags, seq, _pid = NLMSGHDR.unpack_from(data, pos)
+        if length < NLMSGHDR.size:
             return
         yield mtype, seq, pos, length
-        pos += (length + 3) & ~3
+        pos += align(length)
 
 
 def frame(msg: Any, mtype: int, flags: int, seq: int) -> bytes:
@@ -236,26 +248,26 @@ class Channel:
         answers: dict[int, int] = {}
         self.sock.send(buf)
         while len(answers) < len(seqs):
-            data = self.sock.recv(1 << 16)
+            data = self.sock.recv(RECV_SIZE)
             for mtype, seq, pos, _length in _messages(data):
                 if mtype == NLMSG_ERROR and seq in seqs:
-                    answers[seq] = -struct.unpack_from("i", data, pos + 16)[0]
+                    answers[seq] = -NLMSGERR.unpack_from(data, pos + NLMSGHDR.size)[0]
         return [answers[seq] for seq in seqs]
 
     def _send(self, mtype: int, flags: int, body: bytes) -> int:
         seq = self._next()
-        self.sock.send(struct.pack("IHHII", 16 + len(body), mtype, NLM_F_REQUEST | flags, seq, 0) + body)
+        self.sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(body), mtype, NLM_F_REQUEST | flags, seq, 0) + body)
         return seq
 
     def get_link(self, name: str) -> Link | None:
         """RTM_GETLINK by name, decoded into a Link (only its attributes); None when there is no such link."""
         encoded = name.encode() + b"\0"
-        attr = struct.pack("HH", 4 + len(encoded), IFLA_IFNAME) + encoded
-        body = struct.pack("BxHiII", 0, 0, 0, 0, 0) + attr + b"\0" * (-len(attr) % 4)
+        attr = NLATTR.pack(NLATTR.size + len(encoded), IFLA_IFNAME) + encoded
+        body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr + b"\0" * (align(len(attr)) - len(attr))
         try:
             seq = self._send(RTM_GETLINK, 0, body)
-            while True:
-                data = self.sock.recv(1 << 16)
+            while True:  # skip a late answer to an earlier request on this socket
+                data = self.sock.recv(RECV_SIZE)
                 found = [(mtype, pos, length) for mtype, got, pos, length in _messages(data) if got == seq]
                 if found:
                     break
@@ -263,7 +275,7 @@ class Channel:
             raise CNIError(KERNEL, f"failed to look up link {name!r}", str(exc)) from None
         mtype, pos, length = found[0]
         if mtype == NLMSG_ERROR:
-            (err,) = struct.unpack_from("i", data, pos + 16)
+            (err,) = NLMSGERR.unpack_from(data, pos + NLMSGHDR.size)
             if -err in (errno.ENODEV, errno.ENOENT):
                 return None
             raise CNIError(KERNEL, f"failed to look up link {name!r}", os.strerror(-err))
@@ -276,30 +288,28 @@ class Channel:
         seq = self._send(mtype, NLM_F_DUMP, body)
         out = []
         while True:
-            data = self.sock.recv(1 << 16)
+            data = self.sock.recv(RECV_SIZE)
             for got, mseq, pos, length in _messages(data):
                 if mseq != seq:
                     continue
                 if got == NLMSG_DONE:
                     return out
                 if got == NLMSG_ERROR:
-                    err = -struct.unpack_from("i", data, pos + 16)[0]
+                    err = -NLMSGERR.unpack_from(data, pos + NLMSGHDR.size)[0]
                     raise OSError(err, os.strerror(err))
                 out.append((data, pos, length))
 
     def addresses(self, index: int) -> list[tuple[str, int, int]]:
         """(address "ip/prefixlen", family, flags) of every address of interface `index`."""
-        import socket
-
         out = []
-        for data, pos, length in self.dump(RTM_GETADDR, struct.pack("BBBBI", 0, 0, 0, 0, index)):
-            family, prefixlen, flags, _scope, ifindex = struct.unpack_from("BBBBI", data, pos + 16)
+        for data, pos, length in self.dump(RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, index)):
+            family, prefixlen, flags, _scope, ifindex = IFADDRMSG.unpack_from(data, pos + NLMSGHDR.size)
             if ifindex != index:
                 continue  # a kernel without strict dump checking sends every interface's
             address = None
-            for atype, payload in attrs(data, pos + 24, pos + length):
+            for atype, payload in attrs(data, pos + NLMSGHDR.size + IFADDRMSG.size, pos + length):
                 if atype == IFA_ADDRESS:
-                    address = socket.inet_ntop(socket.AF_INET if family == 2 else socket.AF_INET6, payload)
+                    address = socket.inet_ntop(family, payload)
                 elif atype == IFA_FLAGS:
                     (flags,) = struct.unpack_from("I", payload)
             if address is not None:
@@ -313,15 +323,15 @@ _LINK_ATTRS = frozenset({IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MA
 def _decode_link(data: bytes, pos: int, length: int) -> Link:
     """A Link from an RTM_NEWLINK answer: only the attributes it holds are looked at (an answer has ~50,
     statistics included)."""
-    _family, _type, index, flags, _change = struct.unpack_from("BxHiII", data, pos + 16)
+    _family, _type, index, flags, _change = IFINFOMSG.unpack_from(data, pos + NLMSGHDR.size)
     link = Link(name="", index=index, flags=flags)
-    start, end = pos + 32, pos + length
+    start, end = pos + NLMSGHDR.size + IFINFOMSG.size, pos + length
     unpack = struct.unpack_from
-    while start + 4 <= end:
-        alen, atype = unpack("HH", data, start)
-        if alen < 4:
+    while start + NLATTR.size <= end:
+        alen, atype = NLATTR.unpack_from(data, start)
+        if alen < NLATTR.size:
             break
-        atype &= 0x3FFF
+        atype &= NLA_TYPE_MASK
         if atype in _LINK_ATTRS:
             payload = data[start + 4 : start + alen]
             if atype == IFLA_IFNAME:
@@ -340,7 +350,7 @@ def _decode_link(data: bytes, pos: int, length: int) -> Link:
                 for itype, ipayload in attrs(payload, 0, len(payload)):
                     if itype == IFLA_INFO_KIND:
                         link.kind = ipayload.rstrip(b"\0").decode(errors="replace")
-        start += (alen + 3) & ~3
+        start += align(alen)
     return link
 
 

@@ -64,16 +64,23 @@ def open_netns(path: str) -> int:
 class Pod:
     """Inside a pod netns: `with Pod(path) as pod: pod.nl...` (thread switched back on exit).
 
-    `pod.nl` (netlink.Handles) exists only inside: its sockets are opened there on first use, so they
-    belong to the pod, and are closed on exit. The netns fd stays open for the object's lifetime so
-    it can be used as IFLA_NET_NS_FD.
+    `pod.nl` (netlink.Handles) may be used inside `with` only: its sockets are opened there, on first
+    use, so they belong to the pod; they stay open across the `with` blocks of one verb, like the netns
+    fd (used as IFLA_NET_NS_FD), until `close()`.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd = open_netns(path)
-        self.nl: netlink.Handles | None = None
+        self._nl: netlink.Handles | None = None
+        self._inside = False
         self._home = -1
+
+    @property
+    def nl(self) -> netlink.Handles:
+        if not self._inside or self._nl is None:
+            raise RuntimeError(f"{self.path}: the pod's netlink handles are used outside `with pod`")
+        return self._nl
 
     def __enter__(self) -> Self:
         self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -82,7 +89,9 @@ class Pod:
         except OSError as exc:
             os.close(self._home)
             raise CNIError(INVALID_ENV, f"{self.path!r} is not a network namespace", str(exc)) from None
-        self.nl = netlink.Handles()
+        if self._nl is None:
+            self._nl = netlink.Handles()
+        self._inside = True
         return self
 
     def _leave(self) -> None:
@@ -92,12 +101,8 @@ class Pod:
             os.close(self._home)
 
     def __exit__(self, *exc: object) -> None:
-        try:
-            if self.nl is not None:
-                self.nl.close()
-                self.nl = None
-        finally:
-            self._leave()
+        self._inside = False
+        self._leave()
 
     def is_own(self) -> bool:
         """Whether this is the namespace the calling thread is in (the node's, for the plugin)."""
@@ -106,5 +111,9 @@ class Pod:
         return (mine.st_dev, mine.st_ino) == (here.st_dev, here.st_ino)
 
     def close(self) -> None:
-        os.close(self.fd)
-
+        handles, self._nl = self._nl, None
+        try:
+            if handles is not None:
+                handles.close()
+        finally:
+            os.close(self.fd)

@@ -31,13 +31,16 @@ def link_kind_raw(name: str) -> str | None:
     return None if link is None else link.kind
 
 
+CAP_NET_ADMIN = 12  # linux/capability.h: the bit number in the capability sets
+
+
 def can_admin_network() -> bool:
-    """CAP_NET_ADMIN (bit 12) in the effective set: needed to create bridges and veths."""
+    """CAP_NET_ADMIN in the effective set (/proc/self/status CapEff): needed to create bridges and veths."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
                 if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) & (1 << 12))
+                    return bool(int(line.split()[1], 16) & (1 << CAP_NET_ADMIN))
     except OSError:
         pass
     return False

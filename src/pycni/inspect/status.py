@@ -55,7 +55,7 @@ def bridge_status(name: str, all_links, nl) -> dict:
     br = next((link for link in all_links if link.name == name), None)
     if br is None:
         return {"name": name, "exists": False}
-    return {"name": name, "exists": True, "kind": br.kind, "up": bool(br.flags & 1),
+    return {"name": name, "exists": True, "kind": br.kind, "up": bool(br.flags & links.IFF_UP),
             "addresses": [a.address for a in links.addresses(nl, br.index)],
             "ports": sum(1 for link in all_links if link.master == br.index)}
 
