@@ -417,7 +417,8 @@ def test_the_shim_imports_nothing_heavy(env, daemon):
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert json.loads(proc.stdout)["ips"][0]["address"] == "10.77.0.2/24"
     imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines() if "import time:" in line}
-    heavy = {m for m in imported if m.split(".")[0] in ("pydantic", "pydantic_core", "pyroute2", "socket", "json",
+    # json is imported (its public API, not the private _json scanner: issue 14); the rest stays out
+    heavy = {m for m in imported if m.split(".")[0] in ("pydantic", "pydantic_core", "pyroute2", "socket",
                                                         "asyncio", "dataclasses", "typing", "logging")}
     assert not heavy, heavy
     assert not any(m.startswith("pycni.") and m not in ("pycni.cli", "pycni.daemon", "pycni.daemon.client")

@@ -1,9 +1,8 @@
 """The shim: hand one CNI request to the pycni daemon, or report that it must run here.
 
-Runs in every exec'd plugin before anything else, so it imports only C modules that cost next to
-nothing (`_socket`, `_json`, `binascii`) - not `socket` (its enums cost ~7 ms), `json` (`re`, ~3 ms),
-pydantic or pyroute2. `call()` returns None when the daemon is not there, refuses the request, or
-speaks another version: nothing was done and the caller runs the verb standalone, with the same
+Runs in every exec'd plugin before anything else, so it imports little: `_socket` (not `socket`,
+whose enums cost ~7 ms), `json`, `binascii` - no pydantic, no pyroute2. `call()` returns None when
+the daemon is not there, refuses the request, or speaks another version: nothing was done and the caller runs the verb standalone, with the same
 result. Once the request is sent, the daemon may have acted, so a daemon that dies or stalls
 mid-request is not retried here: the answer is CNI error 11 ("try again later"), and the runtime's
 retry (which DELs first) cleans up.
@@ -11,9 +10,9 @@ retry (which DELs first) cleans up.
 
 from __future__ import annotations
 
-import _json
 import _socket
 import binascii
+import json
 import os
 import time
 
@@ -28,40 +27,12 @@ TRY_AGAIN_LATER = 11  # spec.errors.TRY_AGAIN_LATER (not imported: spec.errors i
 last_fallback = ""
 
 
-class _Ctx:
-    """What _json.make_scanner reads from a json.JSONDecoder."""
-
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-    parse_constant = None
-
-    def __init__(self) -> None:
-        self.memo: dict = {}
-
-
 def _decode(text: str):
-    value, end = _json.make_scanner(_Ctx())(text, 0)
-    if text[end:].strip():
-        raise ValueError("trailing data")
-    return value
+    return json.loads(text)
 
 
 def _encode(request: dict) -> bytes:
-    """Encode the request (strings, an int, a dict of strings) without the json package."""
-    enc = _json.encode_basestring_ascii
-    parts = []
-    for key, value in request.items():
-        if isinstance(value, dict):
-            body = ",".join(f"{enc(k)}:{enc(v)}" for k, v in value.items())
-            parts.append(f"{enc(key)}:{{{body}}}")
-        elif isinstance(value, int):
-            parts.append(f"{enc(key)}:{value}")
-        else:
-            parts.append(f"{enc(key)}:{enc(value)}")
-    return ("{" + ",".join(parts) + "}").encode("ascii")
+    return json.dumps(request, separators=(",", ":")).encode("ascii")  # ensure_ascii (the default)
 
 
 def config_allows_daemon(stdin: bytes) -> bool:
@@ -78,8 +49,7 @@ def socket_path(environ: dict[str, str]) -> str:
 
 
 def _try_again(msg: str, details: str) -> tuple[int, str, str]:
-    enc = _json.encode_basestring_ascii
-    doc = f'{{"cniVersion": "1.1.0", "code": {TRY_AGAIN_LATER}, "msg": {enc(msg)}, "details": {enc(details[:300])}}}'
+    doc = json.dumps({"cniVersion": "1.1.0", "code": TRY_AGAIN_LATER, "msg": msg, "details": details[:300]})
     return 1, doc, f"pycni: {msg}: {details}\n"
 
 
