@@ -1,7 +1,7 @@
 """`pycni status [--json]`: the node as pycni sees it.
 
   daemon      from its run state file (runstate.py) next to the socket, checked: is the pid alive
-              and does the socket accept a connection? version, uptime, workers, metrics address;
+              and does the socket accept a connection? version, uptime, workers and worker processes, metrics address;
   networks    each pycni network of the conf dir: its bridge in this network namespace (up, addresses,
               ports), its pool (leased / capacity per range), masquerading (ipMasq: the nftables
               chain and address-set entries, or the iptables chain and rules, bridge/masquerade.py);
@@ -28,7 +28,8 @@ from . import netconfs, output, pools
 def daemon_status(sock: str) -> dict:
     state = runstate.read(runstate.daemon_file(sock)) or {}
     out = {"socket": sock, "running": False, "version": state.get("version"), "pid": state.get("pid"),
-           "workers": state.get("workers"), "metrics": state.get("metrics") or None, "uptimeSeconds": None}
+           "workers": state.get("workers"), "processes": state.get("processes"),
+           "metrics": state.get("metrics") or None, "uptimeSeconds": None}
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1)
     try:
@@ -147,7 +148,8 @@ def render(doc: dict) -> None:
     d = doc["daemon"]
     if d["running"]:
         print(f"daemon: running, version {d['version']}, pid {d['pid']}, up {output.age(d['uptimeSeconds'])}, "
-              f"{d['workers']} workers, metrics {d['metrics'] or 'off'}  ({d['socket']})")
+              f"{d['workers']} workers in {d['processes'] or 1} process(es), metrics {d['metrics'] or 'off'}  "
+              f"({d['socket']})")
     else:
         print(f"daemon: not running ({d['socket']}: {d.get('error', '?')})")
     for net in doc["networks"]:
