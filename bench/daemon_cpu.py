@@ -242,6 +242,24 @@ class Bench:
             self.nss.remove(name)
         return out
 
+    def memory(self) -> dict:
+        """Resident memory of each process of the daemon: RSS and PSS (shared pages split between the
+        processes that map them - what they cost together), MB."""
+        out = {}
+        for p in tree(self.daemon.pid):
+            fields = {}
+            try:
+                with open(f"/proc/{p}/smaps_rollup") as fh:
+                    for line in fh:
+                        key, _, value = line.partition(":")
+                        if key in ("Rss", "Pss"):
+                            fields[key.lower() + "_mb"] = round(int(value.split()[0]) / 1024, 1)
+            except OSError:
+                continue
+            out[str(p)] = fields
+        out["pss_total_mb"] = round(sum(v["pss_mb"] for v in out.values() if isinstance(v, dict)), 1)
+        return out
+
     def stop(self) -> None:
         if self.daemon is not None and self.daemon.poll() is None:
             os.kill(self.daemon.pid, signal.SIGTERM)
@@ -305,6 +323,7 @@ def main() -> int:
             report.update(bench.per_request(held))
         if args.burst:
             report.update(bench.burst(args.burst, args.concurrency))
+        report["memory"] = bench.memory()
     finally:
         report["load_after"] = os.getloadavg()[0]
         bench.cleanup()
