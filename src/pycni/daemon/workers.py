@@ -147,6 +147,7 @@ class Pool:
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
+                os.dup2(2, 1)  # not the daemon's stdout (its "ready" line): whoever reads it sees EOF with the daemon
                 control.close()
                 _zygote(theirs, threads)
             finally:
