@@ -30,18 +30,14 @@ SUBCOMMANDS = {"daemon": "pycni.daemon.server:main", "agent": "pycni.agent.main:
                "gc": "pycni.inspect.gc_preview:main", "netpol": "pycni.agent.netpol_main:main"}
 
 PYDANTIC_PLUGINS_ENV = "PYDANTIC_DISABLE_PLUGINS"
-MAX_STDIN = 1 << 20  # spec.env.MAX_CONFIG_BYTES (a test keeps them equal; spec.env is not imported here)
+MAX_STDIN = 1 << 20  # = spec.env.MAX_CONFIG_BYTES = daemon.wire.MAX_STDIN (tests keep them equal; neither is imported here)
 
 def _daemon_allowed(environ: dict[str, str], stdin: bytes) -> bool:
-    """The handoff is off with PYCNI_NO_DAEMON=1, with `"pycniDaemon": false` in the configuration,
-    and under PYCNI_FAULT (crash injection must kill this process, not the daemon)."""
-    if environ.get("PYCNI_NO_DAEMON", "").lower() in ("1", "true", "yes") or environ.get("PYCNI_FAULT"):
-        return False
-    if b'"pycniDaemon"' in stdin:
-        from .daemon import client
+    """Whether to try the daemon at all (pycni.daemon.wire.handoff_allowed: PYCNI_NO_DAEMON, PYCNI_FAULT,
+    `"pycniDaemon": false`)."""
+    from .daemon import wire
 
-        return client.config_allows_daemon(stdin)
-    return True
+    return wire.handoff_allowed(environ, stdin)
 
 
 def _main(plugin: str, handoff: bool = True) -> None:

@@ -17,20 +17,6 @@ import sys
 PLUGINS = {"pycni": "pycni.bridge.verbs", "pycni-host-local": "pycni.ipam.verbs"}
 _VERB_FUNCS = {"ADD": "add", "DEL": "delete", "CHECK": "check", "STATUS": "status", "GC": "gc"}
 
-def _best_effort_version(stdin: bytes) -> str | None:
-    import json
-
-    from .spec import env as cnienv
-
-    if len(stdin) > cnienv.MAX_CONFIG_BYTES:
-        return None
-    try:
-        value = json.loads(stdin).get("cniVersion")
-    except Exception:  # noqa: BLE001 - a guess only: anything unreadable means "no version"
-        return None
-    return value if isinstance(value, str) else None
-
-
 def run(plugin: str, environ: dict[str, str], stdin: bytes, stderr=None, context=None) -> tuple[int, str]:
     """Execute one CNI request. Returns (exit status, text for stdout); never raises.
 
@@ -44,8 +30,8 @@ def run(plugin: str, environ: dict[str, str], stdin: bytes, stderr=None, context
     from .spec import version as versions
     from .spec.errors import INTERNAL, CNIError
 
-    guessed = _best_effort_version(stdin)
-    error_version = _error_version(guessed)
+    guessed = versions.declared(stdin)
+    error_version = versions.for_error(guessed)
     logs = None  # set up after VERSION (which never logs): `logging` costs ~8 ms to import
     try:
         env = cnienv.read_environment(environ)
@@ -93,21 +79,15 @@ def run(plugin: str, environ: dict[str, str], stdin: bytes, stderr=None, context
             logs.close()
 
 
-def _error_version(guessed: str | None) -> str:
-    """Errors are printed in the configuration's version when it is one we speak (SPEC.md "Error")."""
-    from .spec import version as versions
-
-    return guessed if guessed in versions.SUPPORTED_VERSIONS else versions.LATEST
-
-
 def error_document(stdin: bytes, code: int, msg: str, details: str = "") -> str:
     """The error object for a request that could not be run to its end (a daemon worker that died), in
     the version `run()` would have used."""
     import json
 
+    from .spec import version as versions
     from .spec.errors import CNIError
 
-    return json.dumps(CNIError(code, msg, details).to_dict(_error_version(_best_effort_version(stdin))))
+    return json.dumps(CNIError(code, msg, details).to_dict(versions.for_error(versions.declared(stdin))))
 
 
 def _log():

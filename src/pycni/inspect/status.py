@@ -21,7 +21,7 @@ import subprocess
 import time
 
 from .. import runstate
-from ..daemon import DEFAULT_SOCKET, SOCKET_ENV
+from ..daemon.wire import DEFAULT_SOCKET, SOCKET_ENV
 from . import netconfs, output, pools
 
 
