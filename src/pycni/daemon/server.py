@@ -45,7 +45,6 @@ import threading
 import time
 
 from .. import __version__, logfmt, runner, runstate
-from ..spec.errors import TRY_AGAIN_LATER
 from . import cni_path, peer, wire, workers
 from .deadline import ACK_TIMEOUT, READ_TIMEOUT, Deadline, Expired, acknowledged, client_gone
 from .wire import DEFAULT_SOCKET, MAX_FRAME, SOCKET_ENV, Refused
@@ -322,8 +321,7 @@ class Server:
         if answer is None:
             log.error("%s %s %s/%s: the worker process died during the request", plugin, env.get("CNI_COMMAND"),
                       env.get("CNI_CONTAINERID", "-"), env.get("CNI_IFNAME", "-"))
-            answer = (1, runner.error_document(stdin, TRY_AGAIN_LATER, "the pycni daemon failed during the request",
-                                               "its worker process died"), "")
+            answer = wire.try_again("failed", "its worker process died", stdin)
         status, text, logs = answer
         if probe is not None:
             self.metrics.end(probe, status, text)

@@ -31,7 +31,7 @@ import signal
 import socket
 import threading
 
-from . import recv_exact
+from .wire import recv_exact
 
 log = logging.getLogger("pycnid")
 
