@@ -142,8 +142,8 @@ class Bench:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         return name
 
-    def conf(self) -> dict:
-        return {"cniVersion": "1.0.0", "name": "dcpu", "type": "pycni", "bridge": "cni0", "isGateway": True,
+    def conf(self, network: str = "dcpu") -> dict:
+        return {"cniVersion": "1.0.0", "name": network, "type": "pycni", "bridge": "cni0", "isGateway": True,
                 "ipam": {"type": "pycni-host-local", "ranges": [[{"subnet": str(SUBNET)}]],
                          "dataDir": str(self.data_dir)}}
 
@@ -180,8 +180,8 @@ class Bench:
         self.client = client
         self.pods = [f"/var/run/netns/{self.netns('pod')}" for _ in range(4)]
 
-    def call(self, command: str, cid: str, netns: str) -> str:
-        answer = self.client.call("pycni", self.env(command, cid, netns), json.dumps(self.conf()).encode())
+    def call(self, command: str, cid: str, netns: str, network: str = "dcpu") -> str:
+        answer = self.client.call("pycni", self.env(command, cid, netns), json.dumps(self.conf(network)).encode())
         if answer is None or answer[0] != 0:
             raise RuntimeError(f"{command} {cid}: {answer}")
         return answer[1]
@@ -223,6 +223,30 @@ class Bench:
             path.unlink()
         return {f"ADD {held} leases": _ms(add_cpu, rounds), f"DEL {held} leases": _ms(del_cpu, rounds),
                 f"main process per ADD+DEL {held} leases, ms": round(main * 1000 / rounds, 2)}
+
+    def interleaved(self, held: int) -> dict:
+        """CPU ms per ADD on two networks of the same bridge, one with `held` leases right after its cursor
+        and one with none, ADDs alternating between them: load and noise hit both alike."""
+        first = SUBNET.network_address + 2
+        nets = {0: "dcpu-empty", held: "dcpu-held"}
+        for n, name in nets.items():
+            (self.data_dir / name).mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                (self.data_dir / name / str(first + k)).write_text(f"dcpu-filler-{k:05d}\r\neth0")
+        used = {n: 0.0 for n in nets}
+        for i in range(self.args.rounds + 3):
+            for n, name in nets.items():
+                (self.data_dir / name / "last_reserved_ip.0").write_text(str(SUBNET.network_address + 1))
+                netns, cid = self.pods[i % len(self.pods)], self.cid()
+                before = cpu(self.daemon.pid)[2]
+                ip = json.loads(self.call("ADD", cid, netns, name))["ips"][0]["address"].split("/")[0]
+                if i >= 3:
+                    used[n] += cpu(self.daemon.pid)[2] - before
+                assert ipaddress.ip_address(ip) == first + n, (ip, n)
+                self.call("DEL", cid, netns, name)
+        out = {f"ADD interleaved, {n} leases: cpu_ms": round(v * 1000 / self.args.rounds, 2) for n, v in used.items()}
+        out[f"ADD interleaved: {held} leases vs 0"] = f"{(used[held] / used[0] - 1) * 100:+.1f} %"
+        return out
 
     def burst(self, pods: int, concurrency: int) -> dict:
         spaces = [f"/var/run/netns/{self.netns('burst')}" for _ in range(pods)]
@@ -309,6 +333,8 @@ def main() -> int:
     ap.add_argument("--leases", default="0,1000")
     ap.add_argument("--workers", type=int, default=0, help="the daemon's --workers (default: its own)")
     ap.add_argument("--burst", type=int, default=0, help="pods in a burst (0: none)")
+    ap.add_argument("--interleave", type=int, default=0,
+                    help="also ADD alternately on a network with this many leases and one with none")
     ap.add_argument("--concurrency", type=int, default=10)
     ap.add_argument("--profile", help="write merged cProfile statistics of the daemon here")
     args = ap.parse_args()
@@ -321,6 +347,8 @@ def main() -> int:
         bench.start()
         for held in (int(x) for x in args.leases.split(",") if x):
             report.update(bench.per_request(held))
+        if args.interleave:
+            report.update(bench.interleaved(args.interleave))
         if args.burst:
             report.update(bench.burst(args.burst, args.concurrency))
         report["memory"] = bench.memory()
