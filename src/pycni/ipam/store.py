@@ -24,6 +24,7 @@ import ipaddress
 import os
 import stat
 import threading
+from typing import Any
 
 from .. import faults
 from ..spec.errors import IO_FAILURE, CNIError
@@ -88,7 +89,7 @@ class LeaseCache:
         self.by_wd: dict[int, _Watch] = {}
         # network directory -> lease file name -> ((inode, size, mtime_ns, ctime_ns), Lease): the fallback.
         self.seen: dict[str, dict[str, tuple[tuple[int, int, int, int], Lease]]] = {}
-        self._libc = None
+        self._libc: Any = None
 
     def close(self) -> None:
         with self.lock:
@@ -154,7 +155,7 @@ class LeaseCache:
         """Give the watch back (the kernel then queues IN_IGNORED for a wd nobody maps any more)."""
         self._forget(watch)
         if not watch.dead and self.fd is not None:
-            self._libc.inotify_rm_watch(self.fd, watch.wd)  # type: ignore[union-attr]
+            self._libc.inotify_rm_watch(self.fd, watch.wd)
         watch.dead = True
 
     def _pump(self) -> None:

@@ -74,13 +74,13 @@ class Model(BaseModel):
             return data
         drop = _NOT_NULLABLE.get(cls)
         if drop is None:  # worked out once per model class (a daemon validates thousands of configs)
-            drop = set()
+            keys: set[str] = set()
             for name, field in cls.model_fields.items():
                 if not _nullable(field.annotation):
-                    drop.add(name)
+                    keys.add(name)
                     if field.alias:
-                        drop.add(field.alias)
-            _NOT_NULLABLE[cls] = drop = frozenset(drop)
+                        keys.add(field.alias)
+            _NOT_NULLABLE[cls] = drop = frozenset(keys)
         return {k: v for k, v in data.items() if not (v is None and k in drop)}
 
 
