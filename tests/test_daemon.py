@@ -905,3 +905,20 @@ def test_a_worker_that_dies_is_replaced_and_its_request_answered(env, node, tmp_
         assert len(after) == len(workers_before) and worker not in after  # zygote + 2 workers again
     finally:
         assert d.stop() == 0
+
+
+def test_the_daemon_cpu_benchmark_runs_and_cleans_up():
+    """bench/daemon_cpu.py (the daemon's CPU per request, issue 13) in a few rounds: it reports every
+    row, and leaves no namespace behind."""
+    script = Path(__file__).resolve().parent.parent / "bench" / "daemon_cpu.py"
+    before = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout.split())
+    proc = subprocess.run([sys.executable, str(script), "--rounds", "2", "--leases", "0,20", "--interleave", "20",
+                           "--burst", "4", "--concurrency", "2"], capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    for row in ("ADD 0 leases", "DEL 0 leases", "ADD 20 leases", "burst ADD 4@2", "burst DEL 4@2"):
+        assert report[row]["cpu_ms"] > 0, (row, report)
+    assert report["ADD interleaved, 20 leases: cpu_ms"] > 0 and report["memory"]["pss_total_mb"] > 0
+    after = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout.split())
+    assert not {n for n in after - before if n.startswith("pycnid-")}, "the benchmark left namespaces behind"
