@@ -34,7 +34,7 @@ def test_benchmark_quick_run(tmp_path):
     assert "daemon ADD" not in report["results"]["cold"]
     if "go-debian" in report["results"]:  # Debian's 1.1.1 predates STATUS
         assert "STATUS" not in report["results"]["go-debian"] and "ADD" in report["results"]["go-debian"]
-    assert report["results"]["warm"]["daemon memory"]["rss_mb"] > 0
+    assert report["results"]["warm"]["daemon memory"]["pss_mb"] > 0
     machine = report["meta"]["machine"]
     assert machine["cpus"] == os.cpu_count() and machine["cpu_model"] and machine["kernel"]
     assert machine["python"]["executable"] and "shared_libpython" in machine["python"]
