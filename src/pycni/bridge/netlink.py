@@ -6,7 +6,7 @@ Everything here is about talking to the kernel, not about what is asked of it (t
   verbs get the node's from the request's Context (a daemon worker thread keeps its handles for
   its whole life) or open their own for one request (`handles()`); `netns.Pod` has the pod's;
 - `Channel`: the hot path. pyroute2's own message classes (ifinfmsg, ifaddrmsg, rtmsg: the bytes
-  its IPRoute would send - tests/test_netlink_messages.py compares them with pyroute2's IPBatch)
+  its IPRoute would send - tests/unit/test_bridge_netlink_messages.py compares them with pyroute2's IPBatch)
   sent over one socket, the messages of one step in one datagram (the kernel runs them in order and
   acknowledges each), answers decoded only as far as a lookup needs (`get_link`, `addresses`).
   pyroute2's IPRoute costs ~1 ms of CPU to open and ~0.5 ms per call (request filters, an asyncio
