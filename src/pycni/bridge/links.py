@@ -75,7 +75,7 @@ def links_with_alias_prefix(nl: Handles, prefix: str) -> list[Link]:
         return [link for link in map(netlink.link_from_msg, nl.ipr.get_links()) if link.alias.startswith(prefix)]
 
 
-# -- messages (pyroute2's classes; tests/unit/test_bridge_netlink_messages.py: the bytes IPRoute would send) ---------------
+# -- messages (pyroute2's classes; tests/unit/test_bridge_netlink_messages.py: the bytes IPRoute would send) --
 
 
 def link_message(index: int = 0, *, flags: int = 0, change: int = 0, attrs: list | None = None) -> Any:
