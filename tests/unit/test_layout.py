@@ -34,6 +34,12 @@ def test_no_test_file_marks_root_itself():
     assert found == []
 
 
+def test_every_test_module_is_in_unit_or_netns():
+    assert sorted(p.name for p in TESTS.glob("test_*.py")) == []
+    assert sorted(p.relative_to(TESTS).as_posix() for p in TESTS.rglob("test_*.py")
+                  if p.parent not in (UNIT_TESTS, NETNS_TESTS)) == []
+
+
 def test_test_module_names_are_unique():
     names = Counter(p.name for root in (TESTS, REPO / "integration") for p in root.rglob("test_*.py"))
     assert [name for name, count in names.items() if count > 1] == []
