@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,24 +26,14 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from rt_node import (
-    CLEANUP,
-    NETNS_DIR,
-    Node,
-    ledger_add,
-    link_client,
-    log,
-    mounts_under,
-    read_ledger,
-    reap_stale,
-    sweep,
-)
+from harness.cleanup import Cleanup, log
+from harness.netns import NETNS_DIR, Node, link_client
+from harness.scratch import Scratch, mounts_under, reap_stale
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE_DIR = Path("/usr/lib/cni")
-LOG_COPY = REPO / "build" / "runtimes-logs"
 PLUGIN = os.environ.get("PYCNI_RUNTIMES_PLUGIN", "pycni")
 NEEDED = ["containerd", "ctr", "runc", "containerd-shim-runc-v2", "podman", "conmon", "nsenter", "ip",
           "iptables-save", "nft", "ping"]
@@ -80,21 +69,23 @@ class Session:
     bin_dir: Path
     cgroup_parent: str   # every pod/container cgroup goes below this one, removed at the end
     nodes: list[Node]
+    cleanup: Cleanup
+    ledger: Scratch
 
     def new_node(self, prefix: str) -> Node:
-        node = Node(prefix, self.scratch)
+        node = Node(prefix, self.cleanup, self.ledger)
         self.nodes.append(node)
         return node
 
     def new_client(self, node: Node, prefix: str, node_cidr: str, client_cidr: str) -> Node:
-        client = link_client(node, prefix, node_cidr, client_cidr, self.scratch)
+        client = link_client(node, prefix, node_cidr, client_cidr, self.ledger)
         self.nodes.append(client)
         return client
 
     def own_netns(self, path: str) -> None:
         """A namespace a runtime made in /var/run/netns: reaped by the next run if this one is SIGKILLed."""
         if path.startswith((str(NETNS_DIR) + "/", "/run/netns/")):
-            ledger_add(self.scratch, "netns", os.path.basename(path))
+            self.ledger.record("netns", os.path.basename(path))
 
     def conflist(self, name: str, bridge: str, subnet: str, data_dir: Path) -> dict:
         """pycni (or the reference bridge) + portmap, as a runtime's conf dir would hold it."""
@@ -139,53 +130,29 @@ def rt_session():
     missing = _missing()
     if missing:
         pytest.skip(f"missing: {', '.join(missing)} (make deps installs them)")
-    for item in reap_stale():
+    for item in reap_stale("pycnirt"):
         log(f"reaped a killed earlier run: {item}")
     # containerd's shims put their sockets in /run/containerd/s whatever its state dir: remove the
     # (then empty) directories afterwards if they were not there before us.
     # Likewise libcni's result cache (/var/lib/cni/results), used by both runtimes.
     run_dirs = [d for d in (Path("/run/containerd/s"), Path("/run/containerd"), Path("/var/lib/cni/results"),
                             Path("/var/lib/cni")) if not d.exists()]
-    scratch = Path(tempfile.mkdtemp(prefix="pycnirt-", dir="/tmp"))
-    os.chmod(scratch, 0o755)
+    cleanup = Cleanup()
+    ledger = Scratch("pycnirt", cleanup, logs="runtimes-logs")
     cgroup_parent = f"/pycnirt-{uuid.uuid4().hex[:6]}"
-    ledger_add(scratch, "pid", str(os.getpid()))
-    ledger_add(scratch, "cgroup", cgroup_parent)
+    ledger.record("cgroup", cgroup_parent)
     for d in run_dirs:
-        ledger_add(scratch, "rundir", str(d))
-    session = Session(scratch=scratch, plugin=PLUGIN, bin_dir=Path(),
-                      cgroup_parent=cgroup_parent, nodes=[])
-
-    def final_sweep():
-        leftovers = sweep(str(scratch))
-        for item in leftovers:
-            log(f"swept leftover: {item}")
-        _copy_logs(scratch)
-        if not mounts_under(str(scratch)):
-            subprocess.run(["rm", "-rf", "--one-file-system", str(scratch)], capture_output=True, check=False)
-        else:
-            log(f"NOT removing {scratch}: still mounted: {mounts_under(str(scratch))}")
-
-    CLEANUP.add(f"scratch {scratch}", final_sweep)
-    session.bin_dir = _install_plugins(scratch, PLUGIN)
-    log(f"plugin under test: {PLUGIN}; scratch {scratch}")
+        ledger.record("rundir", str(d))
+    session = Session(scratch=ledger.path, plugin=PLUGIN, bin_dir=Path(), cgroup_parent=cgroup_parent, nodes=[],
+                      cleanup=cleanup, ledger=ledger)
+    session.bin_dir = _install_plugins(ledger.path, PLUGIN)
+    log(f"plugin under test: {PLUGIN}; scratch {ledger.path}")
     yield session
-    ours = [v for k, v in read_ledger(scratch) if k == "netns"]
-    CLEANUP.run_all()
+    ours = ledger.recorded("netns")
+    cleanup.run_all()
     # Nothing of ours may survive the session.
     left = [n for n in ours if (NETNS_DIR / n).exists()]
     assert not left, f"network namespaces left: {left}"
-    assert not mounts_under(str(scratch)), f"mounts left: {mounts_under(str(scratch))}"
-    assert not CLEANUP.errors, f"cleanup errors: {CLEANUP.errors}"
-
-
-def _copy_logs(scratch: Path) -> None:
-    try:
-        if LOG_COPY.exists():
-            shutil.rmtree(LOG_COPY)
-        LOG_COPY.mkdir(parents=True)
-        for f in list(scratch.glob("*.log")) + list(scratch.glob("*/*.log")):
-            if f.is_file() and f.stat().st_size < 20_000_000:
-                shutil.copy(f, LOG_COPY / f"{f.parent.name}-{f.name}" if f.parent != scratch else LOG_COPY / f.name)
-    except OSError as exc:
-        log(f"could not copy logs: {exc}")
+    assert not mounts_under(ledger.path), f"mounts left: {mounts_under(ledger.path)}"
+    assert not ledger.path.exists(), f"scratch dir left: {ledger.path}"
+    assert not cleanup.errors, f"cleanup errors: {cleanup.errors}"

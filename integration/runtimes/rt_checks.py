@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from rt_node import Node
+from harness.netns import Node
 
 PER_CONTAINER_CHAIN = re.compile(r"\bCNI-(DN|SN)-[0-9a-f]+|\bCNI-[0-9a-f]{24}\b")
 

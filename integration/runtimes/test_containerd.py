@@ -20,10 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from harness.cleanup import log
+from harness.images import busybox_oci_archive
+from harness.netns import http_get, in_netns
+from harness.processes import pid_alive, pids_in_netns
 from rt_checks import leftover_rules, node_snapshot
 from rt_containerd import CRI, Containerd
-from rt_image import build_oci_tar
-from rt_node import http_get, in_netns, log, pid_alive, pids_in_netns
 
 pytestmark = pytest.mark.runtimes
 
@@ -62,7 +64,7 @@ def ctd(rt_session):
     client = rt_session.new_client(node, "pycnirt-cli", f"{NODE_ADDR}/24", f"{CLIENT_ADDR}/24")
     ctd = Containerd(node, root, rt_session.bin_dir, root / "net.d", IMAGE)
     ctd.start()
-    tar = build_oci_tar(root / "sandbox-oci.tar", IMAGE)
+    tar = busybox_oci_archive(root / "sandbox-oci.tar", IMAGE)
     ctd.ctr("-n", "k8s.io", "images", "import", str(tar))
     cri = CRI(ctd.socket)
     assert IMAGE in cri.images()

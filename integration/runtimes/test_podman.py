@@ -15,9 +15,11 @@ import os
 import time
 
 import pytest
+from harness.cleanup import log
+from harness.images import busybox_rootfs
+from harness.netns import http_get, in_netns
+from harness.processes import pids_in_netns
 from rt_checks import leftover_rules, node_snapshot
-from rt_image import build_rootfs
-from rt_node import http_get, in_netns, log, pids_in_netns
 from rt_podman import Podman
 
 pytestmark = pytest.mark.runtimes
@@ -67,7 +69,7 @@ def pm(rt_session):
 
 
 def run(pm: Env, name: str, *cmd: str, ports: tuple[str, ...] = ()) -> tuple[str, str]:
-    rootfs = build_rootfs(pm.podman.scratch / f"rootfs-{name}")
+    rootfs = busybox_rootfs(pm.podman.scratch / f"rootfs-{name}")
     args = ["run", "-d", "--name", name, "--network", NETWORK,
             "--cgroup-parent", pm.session.cgroup_parent + "/podman"]
     for p in ports:
