@@ -21,9 +21,12 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from kl_host import NETNS_DIR, Cleanup, log, mounts_under, pids_in_netns, reap_stale
+from harness.cleanup import Cleanup, log
+from harness.netns import NETNS_DIR
+from harness.processes import comm, pid_alive
+from harness.scratch import cgroup_exists, mounts_under, reap_stale
 
 NEEDED = ["dockerd", "containerd", "containerd-shim-runc-v2", "ctr", "runc", "nsenter", "ip", "ldd", "tar",
           "xtables-nft-multi", "nft"]
@@ -61,7 +64,7 @@ def local_cluster():
     missing = _missing()
     if missing:
         pytest.skip(f"missing: {', '.join(missing)} (make deps; make venv)")
-    for item in reap_stale():
+    for item in reap_stale("pycnikl"):
         log(f"reaped a killed earlier run: {item}")
     from kl_local import LocalCluster
 
@@ -72,25 +75,34 @@ def local_cluster():
         cluster.up()
         yield cluster
     finally:
-        host = cluster.host
+        host, scratch = cluster.host, cluster.scratch
+        dockerd_pid = host.pid if host is not None else None
+        try:
+            created = (host.run_dir / "created-host-paths").read_text().split() if host is not None else []
+        except OSError:
+            created = []
         cleanup.run_all()
+        left = []
         if host is not None:
-            left = []
             if (NETNS_DIR / host.netns).exists():
                 left.append(f"netns {host.netns}")
-            if host.scratch.exists():
-                left.append(f"scratch {host.scratch}")
-            if mounts_under(str(host.scratch)):
-                left.append(f"mounts {mounts_under(str(host.scratch))}")
-            if host.pid is not None:
-                left.append(f"dockerd {host.pid}")
-            if any(os.path.isdir(f"/sys/fs/cgroup/{c}/{host.cgroup_parent.strip('/')}")
-                   for c in os.listdir("/sys/fs/cgroup")):
+            if host.run_dir.exists():
+                left.append(f"dockerd run dir {host.run_dir}")
+            if dockerd_pid is not None and pid_alive(dockerd_pid):
+                left.append(f"dockerd {dockerd_pid}")
+            if cgroup_exists(host.cgroup_parent):
                 left.append(f"cgroup {host.cgroup_parent}")
-            left += [f"host path {p}" for p in host.created_host_paths if p.exists()]
-            assert not left, f"left behind: {left}"
-            assert not cleanup.errors, f"cleanup errors: {cleanup.errors}"
-            assert not pids_in_netns(host.ns_path)
+            # dockerd.sh removes the host files dockerd 20.10 always writes when this run created them and no
+            # other dockerd runs (another session's may use them)
+            if not [p for p in os.listdir("/proc") if p.isdigit() and comm(p) == "dockerd"]:
+                left += [f"host path {p}" for p in created if os.path.lexists(p)]
+        if scratch is not None:
+            if scratch.path.exists():
+                left.append(f"scratch {scratch.path}")
+            if mounts_under(scratch.path):
+                left.append(f"mounts {mounts_under(scratch.path)}")
+        assert not left, f"left behind: {left}"
+        assert not cleanup.errors, f"cleanup errors: {cleanup.errors}"
 
 
 @pytest.fixture(scope="session")
