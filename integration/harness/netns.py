@@ -8,14 +8,13 @@ else can be in a namespace we created) and is idempotent.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 from .cleanup import Cleanup, log
-from .processes import CommandFailed, kill_pid, netns_id, pids_in_netns, run
+from .processes import CommandFailed, kill_all_in, netns_id, pids_in_netns, run
 
 NETNS_DIR = Path("/var/run/netns")
 
@@ -70,7 +69,7 @@ class Node:
             return
         for pid in pids_in_netns({inode}):
             log(f"killing PID {pid} left in {self.name}")
-            kill_pid(pid, signal.SIGKILL)
+        kill_all_in({inode})
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
 
 

@@ -103,3 +103,17 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
     except OSError:
         return "?"
+
+
+def kill_all_in(ids: set[NsId], rounds: int = 5) -> list[int]:
+    """SIGKILL every process in the namespaces `ids` until none is left (a daemon being killed may still fork a
+    child after the first look: containerd starting a shim); the PIDs killed."""
+    killed: list[int] = []
+    for _ in range(rounds):
+        pids = pids_in_netns(ids)
+        if not pids:
+            break
+        for pid in pids:
+            kill_pid(pid, signal.SIGKILL)
+        killed += pids
+    return killed

@@ -21,14 +21,13 @@ import contextlib
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 from pathlib import Path
 
 from .cleanup import Cleanup, log
 from .netns import NETNS_DIR
-from .processes import cmdline, kill_pid, netns_id, pid_alive, pids_in_netns
+from .processes import cmdline, kill_all_in, netns_id, pid_alive, pids_in_netns
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 LEDGER = "owned.txt"
@@ -112,13 +111,13 @@ def sweep(scratch: Path) -> list[str]:
     with contextlib.suppress(OSError):
         paths += [str(p) for p in scratch.rglob("netns/*")]
     ids = {i for i in (netns_id(p) for p in paths) if i is not None}
-    for pid in pids_in_netns(ids):
-        leftovers.append(f"process {pid} {cmdline(pid)}")
-        kill_pid(pid, signal.SIGKILL)
+    sockets = shim_sockets(scratch)  # before the kill: task directories go with their shims
+    leftovers += [f"process {pid} {cmdline(pid)}" for pid in pids_in_netns(ids)]
+    kill_all_in(ids)
     for name in names:
         leftovers.append(f"netns {NETNS_DIR / name}")
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
-    for sock in shim_sockets(scratch):
+    for sock in sockets:
         if sock.exists():
             leftovers.append(f"shim socket {sock}")
             sock.unlink(missing_ok=True)
