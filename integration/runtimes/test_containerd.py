@@ -9,6 +9,7 @@ crash and restart, and finally a teardown that must leave nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import json
@@ -24,6 +25,7 @@ from harness.cleanup import log
 from harness.images import busybox_oci_archive
 from harness.netns import http_get, in_netns
 from harness.processes import pid_alive, pids_in_netns
+from harness.wait import wait_for
 from rt_checks import leftover_rules, node_snapshot
 from rt_containerd import CRI, Containerd
 
@@ -143,10 +145,8 @@ def test_host_port_reaches_the_pod(ctd, pods):
     pod = pods[0]
     ctd.cri.create_container(pod, "web", IMAGE, ["/bin/httpd", "-f", "-p", "80", "-h", "/www"])
     want = "hello from a pycni pod"
-    for _ in range(50):  # httpd is up when the pod's own address answers
-        if want in http_get(pod.netns, pod.ip, 80, timeout=1):
-            break
-        time.sleep(0.1)
+    with contextlib.suppress(TimeoutError):  # httpd is up when the pod's own address answers
+        wait_for(lambda: want in http_get(pod.netns, pod.ip, 80, timeout=1), "httpd up", timeout=20, interval=0.1)
     # a client namespace wired to the node: DNAT in PREROUTING
     out = http_get(ctd.client.path, NODE_ADDR, HOST_PORT)
     assert want in out, f"client -> {NODE_ADDR}:{HOST_PORT}: {out}"
@@ -282,9 +282,9 @@ def test_stop_and_remove_leave_nothing_behind(ctd, pods):
     cached = [f.name for f in results.glob("*")] if results.is_dir() else []
     assert not [f for f in cached if any(i in f for i in ctd.removed_ids)], f"CNI result cache left: {cached}"
     # no shim, no pod process: only containerd is left in the node namespace
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and set(pids_in_netns({ctd.node.inode})) - {ctd.ctd.daemon.pid}:
-        time.sleep(0.1)
+    with contextlib.suppress(TimeoutError):
+        wait_for(lambda: not set(pids_in_netns({ctd.node.inode})) - {ctd.ctd.daemon.pid}, "shims gone",
+                 timeout=5, interval=0.1)
     others = set(pids_in_netns({ctd.node.inode})) - {ctd.ctd.daemon.pid}
     assert not others, f"processes left in the node namespace: {others}"
     log("after teardown, infrastructure kept in the node: " + ", ".join(

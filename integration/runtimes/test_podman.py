@@ -8,6 +8,7 @@ pointing at the plugin under test; containers are started from busybox rootfs di
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import json
@@ -19,6 +20,7 @@ from harness.cleanup import log
 from harness.images import busybox_rootfs
 from harness.netns import http_get, in_netns
 from harness.processes import pids_in_netns
+from harness.wait import wait_for
 from rt_checks import leftover_rules, node_snapshot
 from rt_podman import Podman
 
@@ -119,10 +121,8 @@ def test_containers_reach_each_other(pm, containers):
 def test_host_port_reaches_the_container(pm, containers):
     want = "hello from a pycni pod"
     ip, netns = containers["c0"]
-    for _ in range(50):
-        if want in http_get(netns, ip, 80, timeout=1):
-            break
-        time.sleep(0.1)
+    with contextlib.suppress(TimeoutError):  # httpd is up when the container's own address answers
+        wait_for(lambda: want in http_get(netns, ip, 80, timeout=1), "httpd up", timeout=20, interval=0.1)
     out = http_get(pm.client.path, NODE_ADDR, HOST_PORT)
     assert want in out, f"client -> {NODE_ADDR}:{HOST_PORT}: {out}"
     out = http_get(containers["c1"][1], NODE_ADDR, HOST_PORT)
@@ -146,7 +146,6 @@ def test_rm_leaves_nothing_behind(pm, containers):
     assert left == [], "firewall rules left:\n" + "\n".join(left)
     for path in netns_files:
         assert not os.path.exists(path), f"netns {path} left"
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and pids_in_netns({pm.node.inode}):
-        time.sleep(0.1)
+    with contextlib.suppress(TimeoutError):
+        wait_for(lambda: not pids_in_netns({pm.node.inode}), "conmon gone", timeout=5, interval=0.1)
     assert not pids_in_netns({pm.node.inode}), "processes (conmon?) left in the node namespace"
