@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import atexit
+import signal
 from collections.abc import Callable
 
 
 def log(msg: str) -> None:
     print(f"[harness] {msg}", flush=True)
+
+
+def _sigterm_to_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (a CI timeout, a kill) would end Python without finalizers or atexit: turn it into the
+    KeyboardInterrupt pytest handles by tearing fixtures down (unless someone already handles SIGTERM)."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
 
 
 class Cleanup:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -35,6 +36,11 @@ def run(argv: list[str], *, check: bool = True, timeout: float = 60, **kw) -> su
     if check and proc.returncode:
         raise CommandFailed(argv, proc)
     return proc
+
+
+def missing(programs: list[str], files: list[str] = ()) -> list[str]:
+    """What a suite needs and this machine lacks: programs not on PATH, files that do not exist."""
+    return [p for p in programs if not shutil.which(p)] + [f for f in files if not os.path.exists(f)]
 
 
 def pid_alive(pid: int) -> bool:

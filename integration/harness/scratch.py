@@ -179,6 +179,18 @@ class Scratch:
         remove_tree(self.path)
 
 
+def preflight(prefix: str, missing: list[str]) -> str | None:
+    """Before a suite starts: why it cannot run here (not root, `missing` programs or files), or None once
+    the leftovers of its earlier SIGKILLed runs are reaped."""
+    if os.geteuid() != 0:
+        return "needs root"
+    if missing:
+        return f"missing: {', '.join(missing)} (make deps; make venv)"
+    for item in reap_stale(prefix):
+        log(f"reaped a killed earlier run: {item}")
+    return None
+
+
 def reap_stale(prefix: str, tmp: Path = Path("/tmp")) -> list[str]:
     """Remove what earlier runs of a suite killed outright left: their scratch dirs whose owning PID is gone,
     and everything their ledgers list."""

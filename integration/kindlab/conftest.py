@@ -14,8 +14,6 @@ instead of building one into the scratch dir.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import sys
 from pathlib import Path
 
@@ -23,31 +21,23 @@ import pytest
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from harness.cleanup import Cleanup, log
+from harness.cleanup import Cleanup, interrupt_on_sigterm
 from harness.netns import NETNS_DIR
-from harness.processes import comm, pid_alive
-from harness.scratch import cgroup_exists, mounts_under, reap_stale
+from harness.processes import comm, missing, pid_alive
+from harness.scratch import cgroup_exists, mounts_under, preflight
 
 NEEDED = ["dockerd", "containerd", "containerd-shim-runc-v2", "ctr", "runc", "nsenter", "ip", "ldd", "tar",
           "xtables-nft-multi", "nft"]
 
 
-def _sigterm_to_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def pytest_configure(config):
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    interrupt_on_sigterm()
     config.addinivalue_line("markers", "cluster: a kind-style cluster (docker node containers in a dedicated "
                                        "namespace, or a real kind cluster); needs root")
 
 
 def _missing() -> list[str]:
-    out = [b for b in NEEDED if not shutil.which(b)]
-    for f in ("/bin/busybox", "/usr/lib/cni/loopback", "/usr/lib/cni/portmap"):
-        if not os.path.exists(f):
-            out.append(f)
+    out = missing(NEEDED, ["/bin/busybox", "/usr/lib/cni/loopback", "/usr/lib/cni/portmap"])
     try:
         import cri_api  # noqa: F401
         import docker  # noqa: F401
@@ -59,13 +49,9 @@ def _missing() -> list[str]:
 
 @pytest.fixture(scope="session")
 def local_cluster():
-    if os.geteuid() != 0:
-        pytest.skip("the local cluster needs root")
-    missing = _missing()
-    if missing:
-        pytest.skip(f"missing: {', '.join(missing)} (make deps; make venv)")
-    for item in reap_stale("pycnikl"):
-        log(f"reaped a killed earlier run: {item}")
+    reason = preflight("pycnikl", _missing())
+    if reason:
+        pytest.skip(f"the local cluster: {reason}")
     from kl_local import LocalCluster
 
     cleanup = Cleanup()

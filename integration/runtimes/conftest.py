@@ -15,8 +15,6 @@ SIGKILL is reaped by the next one (`reap_stale`). Logs of the last run are copie
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,9 +26,10 @@ import pytest
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from harness.cleanup import Cleanup, log
+from harness.cleanup import Cleanup, interrupt_on_sigterm, log
 from harness.netns import NETNS_DIR, Node, link_client
-from harness.scratch import Scratch, mounts_under, reap_stale
+from harness.processes import missing
+from harness.scratch import Scratch, mounts_under, preflight
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE_DIR = Path("/usr/lib/cni")
@@ -39,27 +38,15 @@ NEEDED = ["containerd", "ctr", "runc", "containerd-shim-runc-v2", "podman", "con
           "iptables-save", "nft", "ping"]
 
 
-def _sigterm_to_interrupt(signum, frame):
-    # SIGTERM (a CI timeout, a kill) would end Python without finalizers or atexit: turn it into the
-    # KeyboardInterrupt pytest handles by tearing fixtures down.
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def pytest_configure(config):
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    interrupt_on_sigterm()
     config.addinivalue_line("markers", "runtimes: real container runtimes (containerd CRI, podman) drive the "
                                        "plugin inside node namespaces; needs root")
 
 
 def _missing() -> list[str]:
-    out = [b for b in NEEDED if not shutil.which(b)]
-    if not Path("/bin/busybox").exists():
-        out.append("/bin/busybox (busybox-static)")
-    for plugin in ("loopback", "portmap") + (("bridge", "host-local") if PLUGIN == "reference" else ()):
-        if not (REFERENCE_DIR / plugin).exists():
-            out.append(str(REFERENCE_DIR / plugin))
-    return out
+    plugins = ("loopback", "portmap") + (("bridge", "host-local") if PLUGIN == "reference" else ())
+    return missing(NEEDED, ["/bin/busybox"] + [str(REFERENCE_DIR / p) for p in plugins])
 
 
 @dataclass
@@ -125,13 +112,9 @@ def _install_plugins(scratch: Path, plugin: str) -> Path:
 
 @pytest.fixture(scope="session")
 def rt_session():
-    if os.geteuid() != 0:
-        pytest.skip("runtime tests need root")
-    missing = _missing()
-    if missing:
-        pytest.skip(f"missing: {', '.join(missing)} (make deps installs them)")
-    for item in reap_stale("pycnirt"):
-        log(f"reaped a killed earlier run: {item}")
+    reason = preflight("pycnirt", _missing())
+    if reason:
+        pytest.skip(f"runtime tests: {reason}")
     # containerd's shims put their sockets in /run/containerd/s whatever its state dir: remove the
     # (then empty) directories afterwards if they were not there before us.
     # Likewise libcni's result cache (/var/lib/cni/results), used by both runtimes.

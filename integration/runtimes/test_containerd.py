@@ -26,7 +26,7 @@ from harness.images import busybox_oci_archive
 from harness.netns import http_get, in_netns
 from harness.processes import pid_alive, pids_in_netns
 from harness.wait import wait_for
-from rt_checks import leftover_rules, node_snapshot
+from rt_checks import assert_node_clean, leftover_rules, node_snapshot
 from rt_containerd import CRI, Containerd
 
 pytestmark = pytest.mark.runtimes
@@ -271,13 +271,7 @@ def test_stop_and_remove_leave_nothing_behind(ctd, pods):
         ctd.removed_ids.append(pod.id)
         pods.remove(pod)
     assert ctd.cri.sandboxes() == []
-    after = node_snapshot(ctd.node, ctd.data_dir)
-    assert after["leases"] == [], f"leases left: {after['leases']}"
-    assert after["veths"] == [], f"veths left: {after['veths']}"
-    left = leftover_rules(ctd.baseline, after, needles)
-    assert left == [], "firewall rules left:\n" + "\n".join(left)
-    for path in netns_files:
-        assert not Path(path).exists(), f"pod netns {path} left"
+    after = assert_node_clean(ctd.node, ctd.data_dir, ctd.baseline, needles, netns_files)
     results = Path("/var/lib/cni/results")
     cached = [f.name for f in results.glob("*")] if results.is_dir() else []
     assert not [f for f in cached if any(i in f for i in ctd.removed_ids)], f"CNI result cache left: {cached}"

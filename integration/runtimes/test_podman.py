@@ -12,7 +12,6 @@ import contextlib
 import ipaddress
 import itertools
 import json
-import os
 import time
 
 import pytest
@@ -21,7 +20,7 @@ from harness.images import busybox_rootfs
 from harness.netns import http_get, in_netns
 from harness.processes import pids_in_netns
 from harness.wait import wait_for
-from rt_checks import leftover_rules, node_snapshot
+from rt_checks import assert_node_clean, leftover_rules, node_snapshot
 from rt_podman import Podman
 
 pytestmark = pytest.mark.runtimes
@@ -139,13 +138,7 @@ def test_rm_leaves_nothing_behind(pm, containers):
     netns_files = [ns for _, ns in containers.values()]
     pm.podman("rm", "-f", "-t", "0", *containers)
     assert pm.podman.names() == []
-    after = node_snapshot(pm.node, pm.data_dir)
-    assert after["leases"] == [], f"leases left: {after['leases']}"
-    assert after["veths"] == [], f"veths left: {after['veths']}"
-    left = leftover_rules(pm.baseline, after, needles)
-    assert left == [], "firewall rules left:\n" + "\n".join(left)
-    for path in netns_files:
-        assert not os.path.exists(path), f"netns {path} left"
+    assert_node_clean(pm.node, pm.data_dir, pm.baseline, needles, netns_files)
     with contextlib.suppress(TimeoutError):
         wait_for(lambda: not pids_in_netns({pm.node.inode}), "conmon gone", timeout=5, interval=0.1)
     assert not pids_in_netns({pm.node.inode}), "processes (conmon?) left in the node namespace"
