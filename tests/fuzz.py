@@ -122,6 +122,7 @@ def _decode_only_verbs() -> None:
     from pycni.bridge import verbs as bridge
     from pycni.ipam import verbs as hostlocal
     from pycni.ipam.config import ipam_config
+    from pycni.spec.gc import valid_attachments
     from pycni.spec.result import Result
 
     def bridge_verb(req):
@@ -129,14 +130,14 @@ def _decode_only_verbs() -> None:
         req.conf.container_mac(req.cni_args.get("MAC"))
         ipam_delegate.precheck(req)
         if req.env.command == "GC":
-            bridge.valid_attachments(req.raw)
+            valid_attachments(req.raw)
         return Result()
 
     def hostlocal_verb(req):
         ipam_config(req.conf, req.cni_args)
         req.conf.prev_result()
         if req.env.command == "GC":
-            req.conf.gc_attachments()
+            valid_attachments(req.raw)
         return Result()
 
     for module, verb in ((bridge, bridge_verb), (hostlocal, hostlocal_verb)):
