@@ -122,10 +122,24 @@ def test_images_command_line_usage():
     assert proc.returncode == 2 and "images.py oci OUT.tar" in proc.stderr
 
 
-def test_dockerd_script_syntax():
-    proc = subprocess.run(["bash", "-n", str(ROOT / "integration/harness/dockerd.sh")], capture_output=True,
+@pytest.mark.parametrize("script", ["dockerd.sh", "cluster-paths.sh"])
+def test_shell_syntax(script):
+    proc = subprocess.run(["bash", "-n", str(ROOT / "integration/harness" / script)], capture_output=True,
                           text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("build,name,want_build,want_name", [
+    (None, None, "{root}/build", "pycni"),
+    ("out/b", "", "{root}/out/b", "pycni"),   # relative: from the checkout, wherever the script runs
+    ("/abs/b", "kx", "/abs/b", "kx"),
+])
+def test_cluster_paths(tmp_path, build, name, want_build, want_name):
+    env = {k: v for k, v in os.environ.items() if k not in ("BUILD", "CLUSTER_NAME")}
+    env.update({k: v for k, v in (("BUILD", build), ("CLUSTER_NAME", name)) if v is not None})
+    script = f'. {ROOT}/integration/harness/cluster-paths.sh; printf "%s|%s|%s" "$ROOT" "$BUILD" "$CLUSTER_NAME"'
+    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    assert proc.stdout == f"{ROOT}|{want_build.format(root=ROOT)}|{want_name}"
 
 
 def _dead_pid() -> int:

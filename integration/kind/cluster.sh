@@ -21,10 +21,8 @@
 #      KIND_CONFIG (kind-config.yaml), WAIT (seconds for each readiness wait, default 600).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-BUILD=${BUILD:-$ROOT/build}
-case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
-CLUSTER_NAME=${CLUSTER_NAME:-pycni}
+# shellcheck source=../harness/cluster-paths.sh
+. "$HERE/../harness/cluster-paths.sh"  # ROOT, BUILD (absolute), CLUSTER_NAME
 MODE=${PYCNI_KIND_MODE:-offline}
 AGENT_IMAGE=${PYCNI_AGENT_IMAGE:-pycni/agent:dev}
 E2E_IMAGE=${PYCNI_E2E_IMAGE:-pycni/e2e:1}
