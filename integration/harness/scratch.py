@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from .cleanup import Cleanup, log
+from .dockerd import stop_instance
 from .netns import NETNS_DIR
 from .processes import cmdline, kill_all_in, netns_id, pid_alive, pids_in_netns
 
@@ -99,8 +100,6 @@ def read_ledger(scratch: str | Path) -> list[tuple[str, str]]:
 def sweep(scratch: Path) -> list[str]:
     """Remove what the run in `scratch` left behind, as listed in its ledger or found under it; returns a
     description of every leftover found."""
-    from .dockerd import stop_instance
-
     leftovers: list[str] = []
     ledger = read_ledger(scratch)
     for kind, value in ledger:
