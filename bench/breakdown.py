@@ -106,9 +106,9 @@ def main() -> int:
         report["cold exec'd (ms p50)"] = cold
 
         # 2. imports
-        lean = ("import time, sys; t=time.perf_counter(); from pycni.bridge import links; links._lean_pyroute2(); "
+        lean = ("import time, sys; t=time.perf_counter(); from pycni.bridge import netlink; netlink._lean_pyroute2(); "
                 "from pyroute2.iproute.linux import IPRoute; print(time.perf_counter()-t)")
-        full = ("import time, sys; t=time.perf_counter(); from pycni.bridge import links; "
+        full = ("import time, sys; t=time.perf_counter(); from pycni.bridge import netlink; "
                 "from pyroute2 import IPRoute; print(time.perf_counter()-t)")
         models = ("import time, sys, types; {stub}t=time.perf_counter(); import pycni.bridge.verbs, pycni.bridge.config, "
                   "pycni.ipam.verbs; print(time.perf_counter()-t)")

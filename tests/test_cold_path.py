@@ -66,8 +66,8 @@ def test_the_shim_reads_what_the_spec_layer_accepts():
 def test_lean_pyroute2_still_gives_the_whole_package_on_demand():
     code = (
         "import sys\n"
-        "from pycni.bridge import links\n"
-        "links._lean_pyroute2()\n"
+        "from pycni.bridge import netlink\n"
+        "netlink._lean_pyroute2()\n"
         "from pyroute2.iproute.linux import IPRoute\n"
         "assert 'pyroute2.ndb.main' not in sys.modules, 'the package __init__ ran'\n"
         "import pyroute2\n"

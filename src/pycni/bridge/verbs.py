@@ -1,7 +1,7 @@
 """The bridge plugin's verbs (SPEC.md "Section 2: Execution Protocol" - ADD, DEL, CHECK, STATUS, GC).
 
-Orchestration only: kernel work is in `links`, firewall work in `masquerade`, IPAM in
-`ipam_delegate`. ADD keeps a rollback stack: "if a later step fails, the plugin must undo what
+Orchestration only: kernel work is in `links` (and `netns`, `sysctl`, `probes`), firewall work in
+`masquerade`, IPAM in `ipam_delegate`. ADD keeps a rollback stack: "if a later step fails, the plugin must undo what
 it did" (SPEC.md "Section 4: Plugin Delegation" for IPAM: DEL the allocation before returning the
 error) - every step that creates something pushes its undo, and any failure runs them in reverse.
 
@@ -88,7 +88,7 @@ class Rollback:
 
 def add(req: Request) -> Result:
     """SPEC.md "ADD": bridge, veth pair (peer created in the pod netns), IPAM, gateway, masquerade."""
-    from . import links
+    from . import links, netns
 
     conf: BridgeConf = req.conf
     # Everything that can be refused without touching the node is refused first, so that a bad
@@ -97,8 +97,8 @@ def add(req: Request) -> Result:
     local_ipam = ipam_delegate.precheck(req)
     undo = Rollback()
     try:
-        pod = links.Pod(req.netns)
-    except links.NetnsGone:
+        pod = netns.Pod(req.netns)
+    except netns.NetnsGone:
         raise CNIError(INVALID_ENV, "CNI_NETNS does not exist", req.netns) from None
     if pod.is_own():
         # The Go skel refuses this too (pkg/skel/skel.go, ns.CheckNetNS -> types.ErrInvalidNetNS), but
@@ -161,7 +161,7 @@ def _plumb(req: Request, conf: BridgeConf, pod, undo: Rollback) -> Result:
 
 def _layer3(req: Request, conf: BridgeConf, pod, ours: Result, ipam: Result, undo: Rollback) -> None:
     """Addresses and routes from IPAM in the pod, gateway on the bridge, forwarding, masquerade."""
-    from . import links
+    from . import links, sysctl
 
     if not ipam.ips:
         raise CNIError(DELEGATE_FAILED, "IPAM plugin returned no IP configuration")
@@ -169,7 +169,7 @@ def _layer3(req: Request, conf: BridgeConf, pod, ours: Result, ipam: Result, und
     gateways = plan_gateways(ours, conf, container_index=2)
     has_v6 = any(ip.family == 6 for ip in ours.ips)
     with pod:
-        links.pod_sysctls(req.ifname, conf.enabledad, has_v6)
+        sysctl.pod_sysctls(req.ifname, conf.enabledad, has_v6)
         links.pod_configure(pod, req.ifname, [ip.address for ip in ours.ips], container_routes(ours),
                             up=True, nodad=not conf.enabledad)
     faults.point("bridge.add.pod")
@@ -179,7 +179,7 @@ def _layer3(req: Request, conf: BridgeConf, pod, ours: Result, ipam: Result, und
             links.ensure_address(target, str(gw), conf.forceAddress)
         links.pin_mac(links.get_link(target.name) or target)
         for version in sorted({gw.version for gw in gateways}):
-            links.enable_forwarding(version)
+            sysctl.enable_forwarding(version)
         faults.point("bridge.add.gateway")
     if conf.ipMasq:
         att = attachment(req)
@@ -292,9 +292,9 @@ def delete(req: Request) -> None:
 
 
 def _delete_veth(att: masquerade.Attachment, name: str) -> None:
-    from . import links
+    from . import links, probes
 
-    if name not in links.host_link_names():
+    if name not in probes.host_link_names():
         return  # gone with its netns, or never created: nothing to import pyroute2 for
     link = links.get_link(name)
     if link is not None and link.alias.startswith(alias_prefix(att.network) + att.key):
@@ -322,7 +322,7 @@ def _collect(errors: list[CNIError], func) -> None:
 
 def check(req: Request) -> None:
     """SPEC.md "CHECK": compare the node and the pod with prevResult; IPAM CHECK first."""
-    from . import links
+    from . import links, netns
 
     conf: BridgeConf = req.conf
     prev = conf.prev_result()
@@ -340,8 +340,8 @@ def check(req: Request) -> None:
     if bridge.promisc != conf.promiscMode:
         raise CNIError(CHECK_FAILED, f"promiscuous mode of {conf.bridge!r} is {bridge.promisc}")
     try:
-        pod = links.Pod(req.netns)
-    except links.NetnsGone:
+        pod = netns.Pod(req.netns)
+    except netns.NetnsGone:
         raise CNIError(CHECK_FAILED, "CNI_NETNS does not exist", req.netns) from None
     try:
         with pod:
@@ -388,16 +388,16 @@ def status(req: Request) -> None:
     not ready (store not writable, pool exhausted: IPAM STATUS is forwarded); code 51 when this
     network's attachments exist but their bridge is gone or down or they are no longer its ports
     (existing containers have lost connectivity). pyroute2 is only imported when veths exist."""
-    from . import links
+    from . import probes
 
     conf: BridgeConf = req.conf
     try:
-        kind = links.link_kind_raw(conf.bridge)
+        kind = probes.link_kind_raw(conf.bridge)
     except CNIError as err:
         raise CNIError(STATUS_NOT_AVAILABLE, err.msg, err.details) from None
     if kind not in (None, "bridge"):
         raise CNIError(STATUS_NOT_AVAILABLE, f"{conf.bridge!r} exists and is not a bridge", f"kind {kind!r}")
-    if kind is None and not links.can_admin_network():
+    if kind is None and not probes.can_admin_network():
         raise CNIError(STATUS_NOT_AVAILABLE, f"cannot create bridge {conf.bridge!r}: no CAP_NET_ADMIN")
     if conf.ipMasq:
         try:
@@ -406,11 +406,13 @@ def status(req: Request) -> None:
             raise CNIError(STATUS_NOT_AVAILABLE, err.msg, err.details) from None
     if conf.ipam_type:
         ipam_delegate.status(req)
-    _status_of_attachments(conf, links)
+    _status_of_attachments(conf)
 
 
-def _status_of_attachments(conf: BridgeConf, links) -> None:
-    if not any(name.startswith("veth") for name in links.host_link_names()):
+def _status_of_attachments(conf: BridgeConf) -> None:
+    from . import links, probes
+
+    if not any(name.startswith("veth") for name in probes.host_link_names()):
         return  # no host veth at all: no attachment of ours can be cut off
     attached = links.links_with_alias_prefix(alias_prefix(conf.name))
     if not attached:

@@ -13,7 +13,7 @@ plugin runs, so results, errors and exit codes are identical either way.
     most --workers verbs running at a time - a slot is taken only once the whole request has been
     read, so a client that trickles its request holds no slot; what needs serialising already is
     (the IPAM store's flock, the firewall lock); each thread has its own pyroute2 sockets, and
-    `links.Pod` switches only the calling thread into a pod netns (setns(2) is per thread).
+    `netns.Pod` switches only the calling thread into a pod netns (setns(2) is per thread).
   * Deadlines (deadline.py): a request must arrive whole within READ_TIMEOUT; it is dropped unrun
     when its client's deadline has passed or the client is gone; an ADD whose answer the client
     does not acknowledge is undone with a DEL.
@@ -53,18 +53,22 @@ log = logging.getLogger("pycnid")  # not under "pycni": those handlers belong to
 
 def preload() -> None:
     """Import and warm up everything a verb needs, so no request pays for it."""
+    import pycni.bridge.links
     import pycni.bridge.masquerade
+    import pycni.bridge.netns
+    import pycni.bridge.probes
+    import pycni.bridge.sysctl
     import pycni.bridge.verbs
     import pycni.ipam.verbs
     import pycni.spec.config
     import pycni.spec.request
     import pycni.spec.result  # noqa: F401
-    from pycni.bridge import links
+    from pycni.bridge import netlink
     from pycni.ipam import store
 
     store.enable_cache()  # lease directories stay in memory (inotify): ADD cost independent of the pool
-    links._ipr()  # the first IPRoute loads pyroute2's message classes
-    links.close()
+    netlink.node()  # the first IPRoute loads pyroute2's message classes
+    netlink.close()
     cli.run("pycni", {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.1.0"}', stderr=io.StringIO())
 
 
@@ -387,9 +391,9 @@ def _log_fields(env: dict[str, str], stdin: bytes, status: int, text: str, ms: f
 
 
 def _close_thread_sockets() -> None:
-    links = sys.modules.get("pycni.bridge.links")
-    if links is not None:
-        links.close()
+    netlink = sys.modules.get("pycni.bridge.netlink")
+    if netlink is not None:
+        netlink.close()
 
 
 def main(argv: list[str] | None = None) -> int:

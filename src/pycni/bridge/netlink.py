@@ -1,0 +1,266 @@
+"""pycni's rtnetlink plumbing: the netlink handle of the node namespace, the raw link lookup, errors.
+
+Everything here is about talking to the kernel, not about what is asked of it (that is `links`):
+
+- the pyroute2 handle of the namespace the plugin runs in ("node"): one per thread, opened lazily
+  (`node()`), because the daemon serves requests concurrently; `close()` drops this thread's;
+- pyroute2 is imported lazily, so VERSION, STATUS and a DEL whose links are already gone never pay
+  its import cost, and only its rtnetlink modules, not the package's __init__ (see `_lean_pyroute2`);
+- the one raw rtnetlink client (`raw_get_link`): RTM_GETLINK by name, decoded here into a `Link`,
+  used for every link lookup (cheaper than pyroute2, which decodes every attribute) and by STATUS;
+- `kernel(what)`: every netlink or OS failure becomes CNIError code 101 (pycni's "kernel operation
+  failed", SPEC.md "Error": codes 100+ are plugin-specific) naming the object at fault.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..spec.errors import KERNEL, CNIError
+
+IFF_UP = 0x1
+IFF_PROMISC = 0x100
+
+_host: threading.local = threading.local()  # .ipr: this thread's netlink socket in the node netns
+
+
+@dataclass
+class Link:
+    name: str
+    index: int
+    mac: str = ""
+    mtu: int = 0
+    kind: str = ""
+    master: int = 0
+    peer_index: int = 0  # IFLA_LINK: for a veth, the peer's ifindex (in the peer's namespace)
+    flags: int = 0
+    alias: str = ""
+
+    @property
+    def promisc(self) -> bool:
+        return bool(self.flags & IFF_PROMISC)
+
+
+@contextlib.contextmanager
+def kernel(what: str) -> Iterator[None]:
+    """Turn a netlink/OS failure into CNIError 101 naming what was being done."""
+    try:
+        yield
+    except CNIError:
+        raise
+    except errors() as exc:
+        code = getattr(exc, "code", None) or getattr(exc, "errno", None) or 0
+        detail = os.strerror(code) if isinstance(code, int) and code > 0 else str(exc)
+        raise CNIError(KERNEL, f"failed to {what}", detail or type(exc).__name__) from None
+
+
+
+def _lean_pyroute2() -> None:
+    """Import pyroute2's submodules without running its package __init__.
+
+    `pyroute2/__init__.py` (0.9) imports every module of the library - NDB, IPDB, conntrack, nftables,
+    wireguard, plan9, ... - about 120 ms; the rtnetlink client alone (`pyroute2.iproute.linux`) is
+    about 75 ms. Before the first pyroute2 import, the package is registered as a bare package object
+    (same __path__ and __spec__) so that importing a submodule finds it and skips __init__. Anyone
+    who later asks it for something __init__ defines (`from pyroute2 import NDB`) gets the real
+    __init__ run then, by the module-level __getattr__ (PEP 562): nothing changes for other users.
+    """
+    if "pyroute2" in sys.modules:
+        return
+    import importlib.util
+    import types
+
+    spec = importlib.util.find_spec("pyroute2")
+    if spec is None or spec.loader is None or not spec.submodule_search_locations:
+        return  # let the plain import report it
+    package = types.ModuleType("pyroute2")
+    package.__spec__ = spec
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__file__ = spec.origin
+    package.__loader__ = spec.loader
+    package.__package__ = "pyroute2"
+    state = {"loaded": False}
+
+    def __getattr__(name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:  # `from pyroute2 import config` inside pyroute2: a submodule, no need for __init__
+            return importlib.import_module(f"pyroute2.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"pyroute2.{name}":
+                raise
+        if not state["loaded"]:
+            state["loaded"] = True
+            spec.loader.exec_module(package)  # the real __init__, into this module object
+            if name in package.__dict__:
+                return package.__dict__[name]
+        raise AttributeError(f"module 'pyroute2' has no attribute {name!r}")
+
+    package.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    sys.modules["pyroute2"] = package
+
+
+
+def iproute_class() -> Any:
+    """pyroute2's IPRoute class (imported on first use)."""
+    _lean_pyroute2()
+    from pyroute2.iproute.linux import IPRoute
+
+    return IPRoute
+
+
+def iproute() -> Any:
+    """A new pyroute2 IPRoute (a netlink socket in the calling thread's netns)."""
+    return iproute_class()()
+
+
+def errors() -> tuple[type[BaseException], ...]:
+    """What a netlink request may raise (pyroute2's NetlinkError is not an OSError)."""
+    _lean_pyroute2()
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    return (NetlinkError, OSError, ValueError)
+
+
+def error_code(exc: BaseException) -> int:
+    return int(getattr(exc, "code", 0) or getattr(exc, "errno", 0) or 0)
+
+
+def node() -> Any:
+    """The netlink socket of the namespace the plugin runs in (opened once per thread, lazily),
+    with a raw rtnetlink socket opened at the same time, in the same namespace, for `get_link`."""
+    ipr = getattr(_host, "ipr", None)
+    if ipr is None:
+        ipr = _host.ipr = iproute()
+        _host.raw = raw_socket()
+    return ipr
+
+
+def close() -> None:
+    """Close this thread's node netlink sockets (the daemon does after every request)."""
+    ipr, raw = getattr(_host, "ipr", None), getattr(_host, "raw", None)
+    _host.ipr = _host.raw = None
+    if raw is not None:
+        raw.close()
+    if ipr is not None:
+        with contextlib.suppress(*errors()):
+            ipr.close()
+
+
+
+def is_node(ipr: Any) -> bool:
+    """Whether `ipr` is this thread's node handle (as opposed to a pod's, opened inside `netns.Pod`)."""
+    return ipr is getattr(_host, "ipr", None)
+
+
+def node_raw() -> Any:
+    """This thread's raw rtnetlink socket in the node netns (opened with the node handle)."""
+    node()
+    return _host.raw
+
+
+def link_from_msg(msg: Any) -> Link:
+    info = msg.get("IFLA_LINKINFO")
+    kind = info.get("IFLA_INFO_KIND") if info is not None else ""
+    return Link(
+        name=msg.get("IFLA_IFNAME"),
+        index=msg["index"],
+        mac=msg.get("IFLA_ADDRESS") or "",
+        mtu=msg.get("IFLA_MTU") or 0,
+        kind=kind or "",
+        master=msg.get("IFLA_MASTER") or 0,
+        peer_index=msg.get("IFLA_LINK") or 0,
+        flags=msg["flags"],
+        alias=msg.get("IFLA_IFALIAS") or "",
+    )
+
+
+
+_IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_LINK, _IFLA_MASTER, _IFLA_LINKINFO, _IFLA_IFALIAS = 1, 3, 4, 5, 10, 18, 20
+_IFLA_INFO_KIND = 1
+_RTM_NEWLINK, _RTM_GETLINK, _NLMSG_ERROR, _NLM_F_REQUEST = 16, 18, 2, 1
+
+
+def raw_socket() -> Any:
+    """A raw NETLINK_ROUTE socket in the calling thread's current network namespace."""
+    import socket
+
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+    try:
+        sock.settimeout(10)
+        sock.bind((0, 0))
+    except OSError as exc:
+        sock.close()
+        raise CNIError(KERNEL, "rtnetlink is not reachable", str(exc)) from None
+    return sock
+
+
+def attrs(buf: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    import struct
+
+    while start + 4 <= end:
+        alen, atype = struct.unpack_from("HH", buf, start)
+        if alen < 4:
+            return
+        yield atype & 0x3FFF, buf[start + 4 : start + alen]
+        start += (alen + 3) & ~3
+
+
+_seq = 0
+
+
+def raw_get_link(sock: Any, name: str) -> Link | None:
+    """RTM_GETLINK by name; None when there is no such link (ENODEV)."""
+    import struct
+
+    global _seq
+    _seq = (_seq + 1) & 0x7FFFFFFF
+    seq = _seq
+    encoded = name.encode() + b"\0"
+    attr = struct.pack("HH", 4 + len(encoded), _IFLA_IFNAME) + encoded
+    attr += b"\0" * (-len(attr) % 4)
+    body = struct.pack("BxHiII", 0, 0, 0, 0, 0) + attr
+    try:
+        sock.send(struct.pack("IHHII", 16 + len(body), _RTM_GETLINK, _NLM_F_REQUEST, seq, 0) + body)
+        while True:
+            data = sock.recv(1 << 16)
+            length, mtype, _flags, got = struct.unpack_from("IHHI", data, 0)
+            if got == seq:
+                break
+    except OSError as exc:
+        raise CNIError(KERNEL, f"failed to look up link {name!r}", str(exc)) from None
+    if mtype == _NLMSG_ERROR:
+        (err,) = struct.unpack_from("i", data, 16)
+        if -err in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise CNIError(KERNEL, f"failed to look up link {name!r}", os.strerror(-err))
+    if mtype != _RTM_NEWLINK:
+        raise CNIError(KERNEL, f"unexpected rtnetlink answer looking up {name!r}", f"type {mtype}")
+    _family, _type, index, flags, _change = struct.unpack_from("BxHiII", data, 16)
+    link = Link(name="", index=index, flags=flags)
+    for atype, payload in attrs(data, 32, length):
+        if atype == _IFLA_IFNAME:
+            link.name = payload.rstrip(b"\0").decode(errors="replace")
+        elif atype == _IFLA_ADDRESS:
+            link.mac = ":".join(f"{b:02x}" for b in payload)
+        elif atype == _IFLA_MTU:
+            (link.mtu,) = struct.unpack_from("I", payload)
+        elif atype == _IFLA_LINK:
+            (link.peer_index,) = struct.unpack_from("i", payload)
+        elif atype == _IFLA_MASTER:
+            (link.master,) = struct.unpack_from("i", payload)
+        elif atype == _IFLA_IFALIAS:
+            link.alias = payload.rstrip(b"\0").decode(errors="replace")
+        elif atype == _IFLA_LINKINFO:
+            for itype, ipayload in attrs(payload, 0, len(payload)):
+                if itype == _IFLA_INFO_KIND:
+                    link.kind = ipayload.rstrip(b"\0").decode(errors="replace")
+    return link
+
