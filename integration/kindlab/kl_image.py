@@ -56,16 +56,13 @@ state = "/run/containerd"
     max_conf_num = 1
 """
 
-# PID 1 is docker's tini (--init). Runs as a kind node's systemd would: prepare the node, start the
-# pycni agent (the DaemonSet pod's job on real kind), exec containerd.
+# Started by docker's tini (--init) through integration/kind/node-preinit.sh. Runs as a kind node's systemd would:
+# prepare the node, start the pycni agent (the DaemonSet pod's job on real kind), exec containerd.
 ENTRYPOINT = r"""#!/bin/sh
 set -e
 mount --make-rshared / || echo "warn: make-rshared failed"
-# docker mounts /sys and the cgroup v1 hierarchies read-only in non-privileged mode: remount them rw
+# docker mounts /sys read-only in non-privileged mode (the cgroup mounts: node-preinit.sh, before us)
 if grep -qE ' /sys sysfs ro[,]' /proc/self/mounts; then mount -o remount,rw /sys; fi
-grep -E ' /sys/fs/cgroup[^ ]* (tmpfs|cgroup2?) ro[,]' /proc/self/mounts | while read -r _ mp _; do
-  mount -o remount,rw "$mp" 2>/dev/null || mount -o remount,bind,rw "$mp" || echo "warn: cannot remount $mp rw"
-done
 mkdir -p /kindsock /run/containerd /var/lib/cni /etc/cni/net.d /var/log
 rm -f /kindsock/containerd.sock /kindsock/containerd.sock.ttrpc
 # The agent, from the bundle's own interpreter: `pycni agent` once the CLI dispatches it, else

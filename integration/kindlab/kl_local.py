@@ -14,9 +14,11 @@ Pods are created through each node's CRI socket (bind-mounted to the host) like 
 RunPodSandbox (-> CNI ADD by containerd: loopback, then pycni + portmap from the agent's conflist),
 CreateContainer/StartContainer, ExecSync; delete = StopPodSandbox + RemovePodSandbox (-> CNI DEL).
 
-Node containers are not `--privileged` (on this VM that fails: no CAP_SYS_RESOURCE in the bounding
-set) but get every other capability, unconfined seccomp/AppArmor, no masked paths and all devices -
-the "caps" mode of shared/lab/kindlab/REPORT.md.
+Node containers are started like kind's: `docker run --privileged` through integration/kind/docker, the wrapper
+that turns --privileged (which fails on this VM: no CAP_SYS_RESOURCE in the bounding set) into every other
+capability, unconfined seccomp/AppArmor and all devices, and runs integration/kind/node-preinit.sh (cgroup mounts
+read-write, /dev/kmsg, /proc/sys/net) before the image's entrypoint; no masked /proc paths
+(`systempaths=unconfined`). The "caps" mode of shared/lab/kindlab/REPORT.md.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ from pathlib import Path
 import kl_image
 from harness.cleanup import Cleanup, log
 from harness.dockerd import DockerHost
+from harness.processes import run
 from harness.scratch import Scratch
 from harness.wait import NotYet, retry
 from kl_checks import HTTP_PORT, POD_COMMAND, Pod
 
 REPO = Path(__file__).resolve().parents[2]
+KIND_DOCKER = REPO / "integration/kind/docker"  # the docker of kind on these machines (no --privileged here)
 CLUSTER_CIDR = "10.244.0.0/16"
 NODE_NET = "172.30.99"  # .0/24 inside the dedicated namespace only
 NETWORK_NAME = "pycni"  # the conflist's network name: leases in /var/lib/cni/networks/pycni
@@ -117,27 +121,23 @@ class LocalCluster:
         tmp.rename(self.cluster_dir / "nodes.json")
 
     def _run_node(self, name: str) -> None:
-        api = self.client.api
+        """`docker run --privileged` through integration/kind/docker, as kind starts its nodes: the wrapper turns
+        --privileged into what runs on these machines and puts node-preinit.sh before the image's entrypoint."""
         sockdir = self.scratch.path / "nodes" / name
         sockdir.mkdir(parents=True)
         volume = f"{name}-containerd-{self.id}"
         self.client.volumes.create(volume, labels={"pycni-kindlab": self.id})
-        hc = api.create_host_config(
-            init=True, network_mode=self.network.name, cap_add=["ALL"], cap_drop=["SYS_RESOURCE"],
-            device_cgroup_rules=["a *:* rwm"], security_opt=["seccomp=unconfined", "apparmor=unconfined"],
-            tmpfs={"/run": "", "/tmp": ""},
-            binds=["/lib/modules:/lib/modules:ro", f"{sockdir}:/kindsock:rw",
-                   f"{self.cluster_dir}:/etc/pycni:ro", f"{volume}:/var/lib/containerd:rw"])
-        # `--security-opt systempaths=unconfined` is a CLI-side translation; over the API set it directly.
-        hc["MaskedPaths"], hc["ReadonlyPaths"] = [], []
-        net = api.create_networking_config({self.network.name: api.create_endpoint_config(
-            ipv4_address=self.node_ips[name])})
-        r = api.create_container(kl_image.NODE_IMAGE, name=f"{name}-{self.id}", hostname=name,
-                                 labels={"pycni-kindlab": self.id, "pycni-kindlab.node": name},
-                                 environment={"NODE_NAME": name, "CLUSTER_CIDR": CLUSTER_CIDR},
-                                 host_config=hc, networking_config=net)
-        api.start(r["Id"])
-        self.containers[name] = self.client.containers.get(r["Id"])
+        argv = [str(KIND_DOCKER), "run", "-d", "--init", "--privileged",
+                "--security-opt", "systempaths=unconfined",  # no masked or read-only /proc paths
+                "--network", self.network.name, "--ip", self.node_ips[name],
+                "--tmpfs", "/run", "--tmpfs", "/tmp",
+                "--volume", "/lib/modules:/lib/modules:ro", "--volume", f"{sockdir}:/kindsock:rw",
+                "--volume", f"{self.cluster_dir}:/etc/pycni:ro", "--volume", f"{volume}:/var/lib/containerd:rw",
+                "--name", f"{name}-{self.id}", "--hostname", name,
+                "--label", f"pycni-kindlab={self.id}", "--label", f"pycni-kindlab.node={name}",
+                "--env", f"NODE_NAME={name}", "--env", f"CLUSTER_CIDR={CLUSTER_CIDR}", kl_image.NODE_IMAGE]
+        cid = run(argv, env=self.host.env(), timeout=120).stdout.strip()
+        self.containers[name] = self.client.containers.get(cid)
 
     def node_sh(self, node: str, script: str) -> tuple[int, str]:
         r = self.containers[node].exec_run(["sh", "-c", script])
