@@ -11,8 +11,10 @@ BUILD       ?= build
 GO_PATH     := /usr/local/go/bin:$(PATH)
 PYTEST_ARGS ?=
 FUZZ_SECONDS ?= 300
-# NATIVE_SHIM=1: the installed executables are a ~1 ms C shim in front of the daemon
-NATIVE_SHIM ?= 0
+# NATIVE_SHIM=1 (default): `make install` and `make bundle` install the native shim (src/pycni/daemon/shim.c,
+# static, ~1 ms in front of the daemon, the installation's interpreter standalone when no daemon answers) as
+# pycni and pycni-host-local; NATIVE_SHIM=0: Python launchers instead (no C compiler needed).
+NATIVE_SHIM ?= 1
 
 .PHONY: all deps venv build install uninstall test test-unit test-agent test-cluster test-portable kind-e2e cluster-up \
 	cluster-down check demo clean bundle stress bench conformance e2e-build bench-netpol
@@ -41,30 +43,30 @@ build:
 	PATH="$(GO_PATH)" BUILD=$(BUILD) bash integration/cni/build.sh
 
 # Self-contained bundle for nodes without Python (and without glibc): build/bundle/ and
-# build/pycni-bundle.tar.gz = pycni, pycni-host-local and pycni.d/ (see integration/bundle/README.md).
+# build/pycni-bundle.tar.gz = pycni, pycni-host-local (the static native shim; NATIVE_SHIM=0: sh launchers)
+# and pycni.d/ (see integration/bundle/README.md).
 bundle: venv
-	VENV=$(VENV) OUT=$(BUILD) bash integration/bundle/build.sh
+	VENV=$(VENV) OUT=$(BUILD) NATIVE_SHIM=$(NATIVE_SHIM) bash integration/bundle/build.sh
 
 # Install both plugins into $(CNI_BIN_DIR) so that they run without this checkout and without any
-# pyenv shim: a private venv in $(PYCNI_HOME) holds the package, and each executable is a two-line
-# launcher whose interpreter runs isolated (-I: PYTHON* variables from the runtime are ignored).
+# pyenv shim: a private venv in $(PYCNI_HOME) holds the package, and each executable is the static native
+# shim (integration/shim/build.sh), whose standalone fallback runs that venv's interpreter isolated (-I:
+# PYTHON* variables from the runtime are ignored) - or, with NATIVE_SHIM=0, a two-line Python launcher
+# doing the same in Python.
 install:
 	$(PYTHON) -m venv --clear $(PYCNI_HOME)
 	$(PYCNI_HOME)/bin/python -m pip install -q --no-cache-dir .
 	install -d $(CNI_BIN_DIR)
-	@for pair in pycni:main_bridge pycni-host-local:main_host_local; do \
-	  exe=$${pair%%:*}; fn=$${pair##*:}; \
-	  printf '#!%s -I\nfrom pycni.cli import %s\n%s()\n' "$(abspath $(PYCNI_HOME))/bin/python" $$fn $$fn \
-	    > $(CNI_BIN_DIR)/$$exe.tmp && chmod 0755 $(CNI_BIN_DIR)/$$exe.tmp && mv $(CNI_BIN_DIR)/$$exe.tmp $(CNI_BIN_DIR)/$$exe; \
-	  echo "installed $(CNI_BIN_DIR)/$$exe"; \
-	done
 	@if [ "$(NATIVE_SHIM)" = 1 ]; then \
-	  v=$$($(PYCNI_HOME)/bin/python -I -c 'import pycni; print(pycni.__version__)') || exit 1; \
-	  mkdir -p $(BUILD) && cc -O2 -o $(BUILD)/pycni-shim src/pycni/daemon/shim.c \
-	    -DPYCNI_PYTHON='"$(abspath $(PYCNI_HOME))/bin/python"' -DPYCNI_VERSION="\"$$v\"" || exit 1; \
-	  for exe in pycni pycni-host-local; do \
-	    install -m 0755 $(BUILD)/pycni-shim $(CNI_BIN_DIR)/$$exe.tmp && mv $(CNI_BIN_DIR)/$$exe.tmp $(CNI_BIN_DIR)/$$exe; \
-	    echo "installed $(CNI_BIN_DIR)/$$exe (native shim)"; \
+	  bash integration/shim/build.sh $(CNI_BIN_DIR)/pycni "$(abspath $(PYCNI_HOME))/bin/python" || exit 1; \
+	  cp $(CNI_BIN_DIR)/pycni $(CNI_BIN_DIR)/pycni-host-local.tmp && mv $(CNI_BIN_DIR)/pycni-host-local.tmp $(CNI_BIN_DIR)/pycni-host-local; \
+	  echo "installed $(CNI_BIN_DIR)/pycni $(CNI_BIN_DIR)/pycni-host-local (native shim, static; fallback $(abspath $(PYCNI_HOME))/bin/python)"; \
+	else \
+	  for pair in pycni:main_bridge pycni-host-local:main_host_local; do \
+	    exe=$${pair%%:*}; fn=$${pair##*:}; \
+	    printf '#!%s -I\nfrom pycni.cli import %s\n%s()\n' "$(abspath $(PYCNI_HOME))/bin/python" $$fn $$fn \
+	      > $(CNI_BIN_DIR)/$$exe.tmp && chmod 0755 $(CNI_BIN_DIR)/$$exe.tmp && mv $(CNI_BIN_DIR)/$$exe.tmp $(CNI_BIN_DIR)/$$exe; \
+	    echo "installed $(CNI_BIN_DIR)/$$exe (Python launcher)"; \
 	  done; \
 	fi
 

@@ -388,7 +388,8 @@ def install(tmp: Path, quick_launchers: bool) -> Path:
             path.chmod(0o755)
         return bin_dir
     home = tmp / "home"
-    proc = subprocess.run(["make", "-C", str(ROOT), "install", f"CNI_BIN_DIR={bin_dir}", f"PYCNI_HOME={home}"],
+    proc = subprocess.run(["make", "-C", str(ROOT), "install", f"CNI_BIN_DIR={bin_dir}", f"PYCNI_HOME={home}",
+                           "NATIVE_SHIM=0"],  # the Python launchers: cold and warm; the shim is the native mode
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"make install failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
@@ -396,17 +397,13 @@ def install(tmp: Path, quick_launchers: bool) -> Path:
 
 
 def build_native(tmp: Path, bin_dir: Path) -> Path | None:
-    """Compile the native shim for this installation (its interpreter and pycni version)."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
+    """The native shim (integration/shim/build.sh: static, as make install builds it) for this installation."""
+    if (shutil.which("cc") or shutil.which("gcc")) is None:
         return None
     python = (bin_dir / "pycni").read_text().splitlines()[0][2:].split()[0]  # the launcher's interpreter
-    version = subprocess.run([python, "-I", "-c", "import pycni; print(pycni.__version__)"], capture_output=True,
-                             text=True, check=True).stdout.strip()
     out = tmp / "bin-native"
     out.mkdir()
-    subprocess.run([cc, "-O2", "-o", str(out / "pycni"), str(ROOT / "src" / "pycni" / "daemon" / "shim.c"),
-                    f'-DPYCNI_PYTHON="{python}"', f'-DPYCNI_VERSION="{version}"'], check=True)
+    subprocess.run(["bash", str(ROOT / "integration" / "shim" / "build.sh"), str(out / "pycni"), python], check=True)
     (out / "pycni-host-local").symlink_to("pycni")
     return out
 

@@ -14,8 +14,9 @@
 #                                 namespace, never as a service) runs the kind-style node containers
 #   python3, python3-venv         Debian's own interpreter: `make venv/install/bundle PYTHON=/usr/bin/python3`
 #                                 (CI builds and tests a bundle from it: make test-portable)
-#   gcc, libc6-dev, binutils      the daemon's native shim (cc; make install NATIVE_SHIM=1 and its tests),
-#                                 `strip` for the bundle; libc-bin (ldd) is essential already
+#   gcc, libc6-dev, binutils      the native shim that make install and make bundle install (gcc -static:
+#                                 libc6-dev's libc.a; readelf checks it is static), `strip` for the bundle;
+#                                 libc-bin (ldd) is essential already
 #   openssl                       the node agent tests' fake API server certificate
 #   git                           version stamps (bundle BUILDINFO)
 #   socat                         make cluster-up: the kind API server's port, from the host's loopback into

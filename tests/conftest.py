@@ -203,8 +203,8 @@ def in_ns(ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess
 
 
 def _bundle_sources() -> list[Path]:
-    return [REPO / "integration" / "bundle" / "build.sh", REPO / "pyproject.toml",
-            *(REPO / "src" / "pycni").rglob("*.py")]
+    return [REPO / "integration" / "bundle" / "build.sh", REPO / "integration" / "shim" / "build.sh",
+            REPO / "pyproject.toml", REPO / "src" / "pycni" / "daemon" / "shim.c", *(REPO / "src" / "pycni").rglob("*.py")]
 
 
 @pytest.fixture(scope="session")
@@ -225,6 +225,18 @@ def bundle_tarball() -> Path:
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"bundle build failed:\n{proc.stdout}\n{proc.stderr}"
     return tarball
+
+
+@pytest.fixture(scope="session")
+def native_shim(tmp_path_factory) -> Path:
+    """The native shim (src/pycni/daemon/shim.c) built by integration/shim/build.sh for the venv running the
+    tests (its standalone fallback execs this interpreter), as `pycni` and `pycni-host-local`."""
+    out = tmp_path_factory.mktemp("native")
+    proc = subprocess.run(["bash", str(REPO / "integration" / "shim" / "build.sh"), str(out / "pycni"), sys.executable],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, f"building the shim failed (gcc and libc6-dev: make deps):\n{proc.stderr}"
+    (out / "pycni-host-local").symlink_to("pycni")
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -149,8 +149,7 @@ def protocol_one(data: bytes) -> None:
     import io
 
     from pycni import cli
-    from pycni.daemon import Refused
-    from pycni.daemon.server import decode_request
+    from pycni.daemon.wire import Refused, check_request
 
     head, _, stdin = data.partition(b"\n")
     fields = head.split(FIELD_SEP)
@@ -161,7 +160,7 @@ def protocol_one(data: bytes) -> None:
         except (UnicodeDecodeError, ValueError, RecursionError):
             return
         try:
-            decode_request(req)
+            check_request(req)
         except Refused:
             pass
         return

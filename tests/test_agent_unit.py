@@ -377,3 +377,28 @@ def test_kube_client_errors(fake_apiserver, tmp_path):
     (other / "token").write_text("tok")
     with pytest.raises(NodeSourceError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         KubeClient(sa_dir=str(other), environ=env).get_json("/api/v1/nodes")
+
+
+def test_one_sysctl_writer_for_the_agent_and_the_bridge(tmp_path, monkeypatch):
+    """pycni.sysctl writes every kernel parameter: the agent (a failure is a warning) and the bridge
+    plugin (ignored, or code 101 when strict) only decide which ones and what a failure means."""
+    from pycni import sysctl
+    from pycni.agent import sysctl as agent_sysctl
+    from pycni.bridge import sysctl as bridge_sysctl
+    from pycni.spec.errors import CNIError
+
+    monkeypatch.setattr(sysctl, "PROC_SYS", str(tmp_path))
+    for path in ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("0\n")
+    assert agent_sysctl.forwarding(4) is True
+    bridge_sysctl.enable_forwarding(6)
+    assert (tmp_path / "net/ipv4/ip_forward").read_text() == "1"
+    assert (tmp_path / "net/ipv6/conf/all/forwarding").read_text() == "1"
+    assert sysctl.write("net/ipv4/ip_forward", "1") is False  # already set: not written again
+    assert agent_sysctl.ensure("net/ipv4/conf/nowhere/rp_filter", "1") is False
+    bridge_sysctl.write_sysctl("net/ipv4/conf/nowhere/rp_filter", "1")  # lenient: ignored
+    with pytest.raises(CNIError) as err:
+        bridge_sysctl.write_sysctl("net/ipv4/conf/nowhere/rp_filter", "1", strict=True)
+    assert err.value.code == 101 and "rp_filter" in err.value.msg
+    assert agent_sysctl.bridge_netfilter() == ["net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables"]

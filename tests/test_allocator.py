@@ -5,12 +5,14 @@ protocol)."""
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import sys
 
 import pytest
 
 from pycni.ipam import allocator
+from pycni.ipam.lease import Lease
 from pycni.ipam.ranges import Range, RangeSet, parse_ip
-from pycni.ipam.store import Lease
 from pycni.spec.errors import CNIError
 
 ip = ipaddress.ip_address
@@ -306,3 +308,11 @@ def test_collect_garbage_goes_on_past_a_lease_it_cannot_remove():
         allocator.collect_garbage(store, set())
     assert err.value.code == 5
     assert set(store.files) == {ip("10.1.0.3")}
+
+
+def test_the_allocator_does_not_import_the_disk_store():
+    """allocator.py is pure logic over the `Store` protocol: the concrete store (files, locks, inotify)
+    is not among its imports."""
+    code = "import sys, pycni.ipam.allocator; print('pycni.ipam.store' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert proc.stdout.strip() == "False", proc.stdout + proc.stderr

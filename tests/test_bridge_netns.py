@@ -216,6 +216,26 @@ def test_result_versions(env, version):
         assert result["interfaces"][2]["mtu"] == 1450
 
 
+def test_get_link_asks_the_namespace_of_its_pod(env):
+    """links.get_link(name, pod) looks in the pod's namespace even when the calling thread is back in
+    the node's (it used to ask whichever namespace the thread happened to be in); without a pod, the
+    node's."""
+    pod = env.pod()
+    env.pod_cmd(pod, "ip", "link", "add", "onlyinpod", "type", "veth", "peer", "name", "onlyinpod1")
+    code = (
+        "import json, sys\n"
+        "from pycni.bridge import links, netns\n"
+        "pod = netns.Pod(sys.argv[1])\n"
+        "with pod:\n"
+        "    inside = links.get_link('onlyinpod', pod)\n"
+        "outside = links.get_link('onlyinpod', pod)\n"
+        "node = links.get_link('onlyinpod')\n"
+        "pod.close()\n"
+        "print(json.dumps([link and link.kind for link in (inside, outside, node)]))\n"
+    )
+    assert json.loads(env.node_cmd(sys.executable, "-c", code, pod.path)) == ["veth", "veth", None]
+
+
 # -- options ---------------------------------------------------------------------------------------
 
 
@@ -240,6 +260,10 @@ def test_default_gateway_and_ipam_routes(env):
     routes = env.pod_cmd(pod, "ip", "route")
     assert "default via 10.77.0.1" in routes and "192.168.200.0/24 via 10.77.0.1" in routes
     assert env.addrs(env.node, "cni0") == ["10.77.0.1/24"]
+    # protocol "boot", as iproute2 and the reference plugin add routes (pyroute2's default is "static")
+    # (`ip -j` leaves "boot" out; `ip -d` prints every route's protocol)
+    via = [line.split() for line in env.pod_cmd(pod, "ip", "-d", "route").splitlines() if " via " in line]
+    assert sorted((r[1], r[r.index("proto") + 1]) for r in via) == [("192.168.200.0/24", "boot"), ("default", "boot")]
 
 
 def test_hairpin_isolation_promisc(env):

@@ -3,6 +3,7 @@ IPAM delegation through a fake plugin."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -129,6 +130,36 @@ def test_names_are_deterministic_and_short():
     assert len(att.tag) <= 127 and '"' not in att.tag
     assert masquerade.key_of(att.tag) == att.key
     assert len(verbs.veth_alias(att)) <= 255 and verbs.veth_alias(att).startswith(verbs.alias_prefix("net") + att.key)
+
+
+# -- kernel errors ---------------------------------------------------------------------------------
+
+
+def _raised_in_kernel(exc: BaseException) -> BaseException:
+    from pycni.bridge import netlink
+
+    try:
+        with netlink.kernel("do a thing"):
+            raise exc
+    except BaseException as got:  # noqa: BLE001 - what the context manager lets out is the subject
+        return got
+    raise AssertionError("kernel() swallowed the exception")
+
+
+def test_kernel_failures_are_code_101_naming_the_operation():
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    for exc in (NetlinkError(errno.EEXIST, "File exists"), OSError(errno.EPERM, "Operation not permitted")):
+        got = _raised_in_kernel(exc)
+        assert isinstance(got, CNIError) and got.code == 101, got
+        assert got.msg == "failed to do a thing" and got.details == os.strerror(exc.args[0]), got
+
+
+@pytest.mark.parametrize("bug", [ValueError("bad value"), TypeError("bad type"), KeyError("attr")])
+def test_kernel_leaves_bugs_to_the_generic_handler(bug):
+    """A ValueError/TypeError is a bug (ours or pyroute2's), not a kernel failure: it must reach cli's
+    generic handler (code 100, traceback logged) instead of passing for code 101."""
+    assert _raised_in_kernel(bug) is bug
 
 
 # -- nftables scripts ------------------------------------------------------------------------------

@@ -149,56 +149,72 @@ def request(**over) -> bytes:
 # -- same results either way ----------------------------------------------------------------------------
 
 
-def test_every_verb_gives_the_same_answer_through_the_daemon(netns, tmp_path):
-    """Two identical nodes: one runs the plugin standalone, the other through its daemon."""
-    cold_node, warm_node = netns.create("pycnit-node"), netns.create("pycnit-node")
-    cold, hot = Env(netns, cold_node, tmp_path / "cold"), Env(netns, warm_node, tmp_path / "warm")
-    d = Daemon(warm_node, tmp_path / "run" / "pycni.sock", tmp_path / "daemon.log")
+def test_every_verb_gives_the_same_answer_in_every_mode(netns, tmp_path, native_shim):
+    """Four identical nodes, one per way of running the plugin: the Python launcher standalone, the Python
+    launcher with its daemon, the native shim with its daemon, and the native shim with no daemon (its
+    fallback execs the interpreter). Every verb, error and lease must be the same in all four."""
+    python, shim = str(VENV_BIN / "pycni"), str(native_shim / "pycni")
+    modes = {"python standalone": (python, False), "python + daemon": (python, True),
+             "shim + daemon": (shim, True), "shim fallback": (shim, False)}
+    daemons: list[Daemon] = []
     try:
         answers = {}
-        for name, e, kw in (("cold", cold, COLD), ("warm", hot, warm(d))):
+        for name, (exe, with_daemon) in modes.items():
+            node = netns.create("pycnit-node")
+            e = Env(netns, node, tmp_path / name.replace(" ", "-"))
+            if with_daemon:
+                daemons.append(Daemon(node, tmp_path / f"run-{len(daemons)}" / "pycni.sock", tmp_path / f"d{len(daemons)}.log"))
+                kw = warm(daemons[-1])
+            else:
+                kw = {"extra_env": {"PYCNI_SOCKET": str(tmp_path / "no-daemon.sock")}}
             conf = e.conf(version="1.1.0", ipam_type="pycni-host-local")
             pod = e.pod()
-            pod.cid = "ctr-same"  # the same container ID on both nodes: results may not differ at all
+            pod.cid = "ctr-same"  # the same container ID on every node: results may not differ at all
             runs = {}
-            add = e.run("ADD", conf, pod, **kw)
+            add = e.run("ADD", conf, pod, plugin=exe, **kw)
             runs["ADD"] = (add.returncode, normalize(add.json))
-            check = e.run("CHECK", dict(conf, prevResult=add.json), pod, **kw)
+            check = e.run("CHECK", dict(conf, prevResult=add.json), pod, plugin=exe, **kw)
             runs["CHECK"] = (check.returncode, check.stdout)
-            status = e.run("STATUS", conf, None, **kw)
+            status = e.run("STATUS", conf, None, plugin=exe, **kw)
             runs["STATUS"] = (status.returncode, status.stdout)
-            version = e.run("VERSION", {"cniVersion": "0.4.0"}, None, **kw)
+            version = e.run("VERSION", {"cniVersion": "0.4.0"}, None, plugin=exe, **kw)
             runs["VERSION"] = (version.returncode, version.stdout)
-            again = e.run("ADD", conf, pod, **kw)  # the interface exists: an error, with the same code and text
+            again = e.run("ADD", conf, pod, plugin=exe, **kw)  # the interface exists: an error, with the same code and text
             runs["ADD again"] = (again.returncode, again.json)
-            bad = e.run("ADD", dict(conf, mtu=5), e.pod(), **kw)
+            bad = e.run("ADD", dict(conf, mtu=5), e.pod(), plugin=exe, **kw)
             runs["bad config"] = (bad.returncode, bad.json)
-            gone = e.run("ADD", conf, pod, netns="/var/run/netns/pycnit-does-not-exist", **kw)
+            garbage = e.run("ADD", b"\xff not json", e.pod(), plugin=exe, **kw)
+            runs["not JSON"] = (garbage.returncode, garbage.json)
+            gone = e.run("ADD", conf, pod, netns="/var/run/netns/pycnit-does-not-exist", plugin=exe, **kw)
             runs["gone netns"] = (gone.returncode, gone.json)
-            old = e.run("STATUS", e.conf(version="1.0.0"), None, **kw)
+            old = e.run("STATUS", e.conf(version="1.0.0"), None, plugin=exe, **kw)
             runs["STATUS 1.0.0"] = (old.returncode, old.json)
             gc = e.run("GC", dict(conf, **{"cni.dev/valid-attachments": [{"containerID": pod.cid, "ifname": "eth0"}]}),
-                       None, **kw)
+                       None, plugin=exe, **kw)
             runs["GC"] = (gc.returncode, gc.stdout)
-            delete = e.run("DEL", conf, pod, **kw)
+            delete = e.run("DEL", conf, pod, plugin=exe, **kw)
             runs["DEL"] = (delete.returncode, delete.stdout)
-            again_del = e.run("DEL", conf, pod, netns=None, **kw)
+            again_del = e.run("DEL", conf, pod, netns=None, plugin=exe, **kw)
             runs["DEL again"] = (again_del.returncode, again_del.stdout)
             runs["leases"] = e.leases()
             # the reference host-local as an exec'd delegate (found in CNI_PATH, run by the daemon)
             ref, pod2 = e.conf(version="1.0.0", ipam_type="host-local"), e.pod()
             pod2.cid = "ctr-same-2"
-            add = e.run("ADD", ref, pod2, **kw)
+            add = e.run("ADD", ref, pod2, plugin=exe, **kw)
             runs["ADD delegated"] = (add.returncode, normalize(add.json))
-            del2 = e.run("DEL", ref, pod2, **kw)
+            del2 = e.run("DEL", ref, pod2, plugin=exe, **kw)
             runs["DEL delegated"] = (del2.returncode, del2.stdout)
             answers[name] = runs
-        assert answers["cold"] == answers["warm"]
-        assert answers["warm"]["ADD"][0] == 0 and answers["warm"]["ADD again"][0] == 1
-        assert answers["warm"]["ADD delegated"][0] == 0
-        assert d.served("ctr-same") >= 6, "the daemon did not serve the warm node's requests"
+        first = answers["python standalone"]
+        for name, runs in answers.items():
+            assert runs == first, name
+        assert first["ADD"][0] == 0 and first["ADD again"][0] == 1 and first["not JSON"][1]["code"] == 6
+        assert first["ADD delegated"][0] == 0
+        for d in daemons:
+            assert d.served("ctr-same") >= 6, "a daemon did not serve its node's requests"
     finally:
-        assert d.stop() == 0
+        for d in daemons:
+            assert d.stop() == 0
 
 
 def test_host_local_through_the_daemon(env, daemon):
@@ -417,35 +433,28 @@ def test_the_shim_imports_nothing_heavy(env, daemon):
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert json.loads(proc.stdout)["ips"][0]["address"] == "10.77.0.2/24"
     imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines() if "import time:" in line}
-    heavy = {m for m in imported if m.split(".")[0] in ("pydantic", "pydantic_core", "pyroute2", "socket", "json",
+    heavy = {m for m in imported if m.split(".")[0] in ("pydantic", "pydantic_core", "pyroute2", "socket",
                                                         "asyncio", "dataclasses", "typing", "logging")}
     assert not heavy, heavy
-    assert not any(m.startswith("pycni.") and m not in ("pycni.cli", "pycni.daemon", "pycni.daemon.client")
+    assert not any(m.startswith("pycni.") and m not in ("pycni.cli", "pycni.daemon", "pycni.daemon.wire", "pycni.daemon.client")
                    for m in imported), imported
     assert daemon.served(pod.cid) == 1
     env.delete(env.conf(), pod, **warm(daemon))
 
 
-# -- the optional native shim ---------------------------------------------------------------------------
+# -- the native shim (what make install, the bundle and the DaemonSet install) ------------------------------
 
 
 @pytest.fixture
-def native(tmp_path) -> Path:
-    """src/pycni/daemon/shim.c built for this venv, installed as pycni and pycni-host-local."""
-    import shutil
+def native(native_shim) -> Path:
+    return native_shim
 
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler")
-    from pycni import __version__
 
-    out = tmp_path / "native"
-    out.mkdir()
-    src = Path(__file__).resolve().parent.parent / "src" / "pycni" / "daemon" / "shim.c"
-    subprocess.run([cc, "-O2", "-Wall", "-Werror", "-o", str(out / "pycni"), str(src),
-                    f'-DPYCNI_PYTHON="{sys.executable}"', f'-DPYCNI_VERSION="{__version__}"'], check=True)
-    (out / "pycni-host-local").symlink_to("pycni")
-    return out
+def test_the_native_shim_is_static(native):
+    ldd = subprocess.run(["ldd", str(native / "pycni")], capture_output=True, text=True, check=False)
+    assert "not a dynamic executable" in ldd.stdout + ldd.stderr
+    head = (native / "pycni").read_bytes()[:4]
+    assert head == b"\x7fELF"
 
 
 def run_native(native: Path, name: str, command: str, conf, pod=None, node: str | None = None, **env) -> tuple:
@@ -492,12 +501,16 @@ def test_native_shim_falls_back_to_the_python_plugin(env, daemon, native, tmp_pa
                             PYCNI_NO_DAEMON="1")
     assert (rc, out) == (0, "")
     assert daemon.served(pod.cid) == 0
-    # a daemon of another version refuses: the shim runs the verb itself
+    # a daemon of another version refuses: the shim runs the verb itself (a shim whose header says 0.0.0-other)
+    from test_wire import compile_shim
+
+    from pycni import __version__
+    from pycni.daemon import wire
+
     other = tmp_path / "other"
     other.mkdir()
-    src = Path(__file__).resolve().parent.parent / "src" / "pycni" / "daemon" / "shim.c"
-    subprocess.run(["cc", "-O2", "-o", str(other / "pycni-host-local"), str(src),
-                    f'-DPYCNI_PYTHON="{sys.executable}"', '-DPYCNI_VERSION="0.0.0-other"'], check=True)
+    header = wire.c_header().replace(f'PYCNI_VERSION "{__version__}"', 'PYCNI_VERSION "0.0.0-other"')
+    compile_shim(other, sys.executable, header).rename(other / "pycni-host-local")
     net = {"cniVersion": "1.0.0", "name": "testnet", "type": "pycni-host-local", "ipam": conf["ipam"]}
     rc, out, _ = run_native(other, "pycni-host-local", "ADD", net, pod, env.node, PYCNI_SOCKET=str(daemon.sock))
     assert rc == 0 and json.loads(out)["ips"][0]["address"] == "10.77.0.3/24"  # round robin: after .2

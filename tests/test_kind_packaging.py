@@ -203,3 +203,21 @@ def test_checks_module_is_stdlib_only():
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
+
+
+def test_e2e_tells_the_static_shim_from_anything_else(native_shim):
+    """e2e.py's native-shim check (the node's /opt/cni/bin/pycni must be the static shim) on real files:
+    the shim of `make install`/`make bundle` passes, a dynamic executable and a script do not."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("pycni_kind_e2e", KIND / "e2e.py")
+    e2e = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(KIND))
+    try:
+        spec.loader.exec_module(e2e)
+    finally:
+        sys.path.remove(str(KIND))
+    assert e2e.elf_is_static((native_shim / "pycni").read_bytes()[:4096])
+    assert not e2e.elf_is_static(Path(sys.executable).resolve().read_bytes()[:4096])  # dynamically linked
+    assert not e2e.elf_is_static(b"#!/bin/sh\nexec python3 -c pass\n")

@@ -2,8 +2,8 @@
 # Build the self-contained pycni bundle: both plugins runnable on an x86_64 Linux node that has no
 # Python and possibly no glibc (see integration/bundle/README.md).
 #
-#   build/bundle/pycni               launcher (#!/bin/sh)
-#   build/bundle/pycni-host-local    launcher (#!/bin/sh)
+#   build/bundle/pycni               the native shim (src/pycni/daemon/shim.c, static: any node's libc,
+#   build/bundle/pycni-host-local    or none, will do); NATIVE_SHIM=0: #!/bin/sh launchers
 #   build/bundle/pycni.d/            the one support directory:
 #       bin/python3.X                the venv's base CPython interpreter (debug info stripped)
 #       bin/python3                  sh wrapper = sys.executable, so re-executing Python works too
@@ -19,7 +19,8 @@
 #       BUILDINFO                    versions of everything inside
 #   build/pycni-bundle.tar.gz        the three entries above: `tar -C /opt/cni/bin -xzf build/pycni-bundle.tar.gz`
 #
-# The launchers run `<pycni.d>/lib/ld-linux-x86-64.so.2 --inhibit-cache --library-path <pycni.d>/lib
+# The shim hands each request to the pycni daemon when one answers; otherwise it (and, with NATIVE_SHIM=0,
+# each sh launcher) runs `<pycni.d>/lib/ld-linux-x86-64.so.2 --inhibit-cache --library-path <pycni.d>/lib
 # <pycni.d>/bin/python3.X -I ...`: the bundled loader and glibc are used whatever the node has, the
 # library path is an argument (not LD_LIBRARY_PATH, so processes the plugin runs - iptables, nft,
 # delegated IPAM plugins - inherit nothing), and -I makes PYTHON* variables from the runtime inert.
@@ -28,7 +29,8 @@
 # dist-packages (Debian) - whatever the interpreter is, the finished bundle must import pycni, and
 # the build fails otherwise.
 #
-# Env: VENV (default .venv, must exist: `make venv`), OUT (default build).
+# Env: VENV (default .venv, must exist: `make venv`), OUT (default build), NATIVE_SHIM (default 1; 0: sh
+# launchers, no C compiler needed).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -199,8 +201,16 @@ exec "\$D/lib/$LOADER" --inhibit-cache --library-path "\$D/lib" --argv0 "\$D/bin
   "\$D/bin/python$PYVER" -I -c '$2' "\$@"
 EOF
 }
-launcher pycni "from pycni.cli import main_bridge; main_bridge()" > "$STAGE/pycni"
-launcher pycni-host-local "from pycni.cli import main_host_local; main_host_local()" > "$STAGE/pycni-host-local"
+if [ "${NATIVE_SHIM:-1}" = 1 ]; then
+  BUNDLE_DIR=$NAME BUNDLE_LOADER=$LOADER bash "$ROOT/integration/shim/build.sh" "$STAGE/pycni" "$VPY" "python$PYVER" \
+    || die "building the native shim failed (NATIVE_SHIM=0 builds sh launchers instead)"
+  cp "$STAGE/pycni" "$STAGE/pycni-host-local"
+  LAUNCHERS="native shim (static)"
+else
+  launcher pycni "from pycni.cli import main_bridge; main_bridge()" > "$STAGE/pycni"
+  launcher pycni-host-local "from pycni.cli import main_host_local; main_host_local()" > "$STAGE/pycni-host-local"
+  LAUNCHERS="sh"
+fi
 # sys.executable: a wrapper in the support dir itself, so anything that re-executes Python works.
 cat > "$D/bin/python3" <<EOF
 #!/bin/sh
@@ -259,8 +269,8 @@ import pycni.cli, pycni.bridge.verbs, pycni.ipam.verbs, pydantic, pyroute2
 for mod in (pycni, pydantic, pyroute2):
     assert mod.__file__.startswith(sys.prefix + "/"), (mod.__name__, mod.__file__, sys.prefix)
 ' || die "the bundled interpreter cannot import pycni from the bundle"
-for exe in pycni pycni-host-local; do
-  out=$(echo '{"cniVersion":"1.1.0"}' | env -i CNI_COMMAND=VERSION "$STAGE/$exe") \
+for exe in pycni pycni-host-local; do  # with no daemon: the bundled interpreter answers
+  out=$(echo '{"cniVersion":"1.1.0"}' | env -i CNI_COMMAND=VERSION PYCNI_SOCKET="$STAGE/no-daemon.sock" "$STAGE/$exe") \
     || die "$exe VERSION failed: $out"
   case $out in *'"supportedVersions"'*) ;; *) die "$exe VERSION answered: $out" ;; esac
 done
@@ -270,6 +280,7 @@ done
        "($(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown))"
   echo "python $("$D/bin/python3" -I -c 'import sys; print(sys.version.split()[0])') from $BASE_EXE"
   echo "site $SITEREL"
+  echo "launchers $LAUNCHERS"
   echo "glibc $("$D/lib/$LOADER" --version 2>/dev/null | head -1 | sed 's/.*release version //; s/\.$//')"
   echo "arch x86_64"
   cat "$STAGE/deps.txt"

@@ -6,6 +6,9 @@
 Needs kubectl and docker on PATH pointing at the cluster (`. build/cluster.env`) and the nodes as docker
 containers named after their Kubernetes nodes (kind's naming). Stdlib only. The checks, in order:
 
+  agent-state                       every agent pod Ready; the bundle, the conflist, routes and nft on every node
+  native-shim                       every node's /opt/cni/bin/pycni (and pycni-host-local) is the bundle's static
+                                    native shim, and the pods' ADDs reached the node's daemon through it
   same-node / cross-node pod<->pod  ping + HTTP; the server sees the client pod's own address (no NAT)
   hostPort                          a pod's hostPort on another node's address answers
   services                          a ClusterIP Service answers from a pod on every node and from every node;
@@ -25,11 +28,13 @@ Exit status 0 when every check passed. Every pod and Service lives in the test n
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import hashlib
 import json
 import os
 import shlex
+import struct
 import subprocess
 import sys
 import time
@@ -128,6 +133,40 @@ def check_agent_state(k: Kind, pods: dict[str, Pod]) -> None:
         routes = [line for line in out.splitlines() if line.split(" ", 1)[0].count("/") == 1 and " via " in line]
         if len(routes) != len(nodes) - 1 or "nft-ok" not in out:
             raise CheckFailed(f"{node}: expected {len(nodes) - 1} pycni routes and the nft table, got:\n{out}")
+
+
+def elf_is_static(head: bytes) -> bool:
+    """The first bytes of a file (its program headers included) are those of a 64-bit little-endian ELF
+    executable with no PT_INTERP: it needs no loader and no libc of the node."""
+    if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+        return False
+    phoff, = struct.unpack_from("<Q", head, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+    if phoff + phentsize * phnum > len(head):
+        return False
+    return all(struct.unpack_from("<I", head, phoff + i * phentsize)[0] != 3 for i in range(phnum))  # 3 = PT_INTERP
+
+
+def check_native_shim(k: Kind, pods: dict[str, Pod]) -> None:
+    """Every node's /opt/cni/bin/pycni and pycni-host-local are the bundle's static native shim (what the
+    agent installs from the DaemonSet image), and the pods' ADDs went through it to the node's daemon."""
+    for node in k.nodes():
+        out = k.node_sh(node, "head -c 4096 /opt/cni/bin/pycni | base64 -w0; echo; "
+                              "[ \"$(sha256sum </opt/cni/bin/pycni)\" = \"$(sha256sum </opt/cni/bin/pycni-host-local)\" ] "
+                              "&& echo same")
+        head, _, rest = out.partition("\n")
+        if not elf_is_static(base64.b64decode(head)):
+            raise CheckFailed(f"{node}: /opt/cni/bin/pycni is not a static ELF executable (the native shim)")
+        if rest.strip() != "same":
+            raise CheckFailed(f"{node}: pycni and pycni-host-local differ")
+    pod_nodes = {p.node for p in pods.values()}
+    for name, agent in agent_pods(k).items():
+        if agent["spec"].get("nodeName") not in pod_nodes:
+            continue
+        logs = k.kubectl("logs", "-n", "kube-system", name, "-c", "daemon").stdout
+        if not any(" ADD " in line and ": exit 0 " in line for line in logs.splitlines()):
+            raise CheckFailed(f"{name}: its daemon logged no ADD (the shim did not hand the pods' requests over):\n"
+                              f"{logs[-1500:]}")
 
 
 # -- Services ---------------------------------------------------------------------------------------------------
@@ -348,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     checks = [
         ("agent-state", lambda pods: check_agent_state(k, pods)),
+        ("native-shim", lambda pods: check_native_shim(k, pods)),
         ("same-node", lambda pods: check_same_node(k, pods)),
         ("cross-node", lambda pods: check_cross_node(k, pods)),
         ("hostPort", lambda pods: check_host_port(k, pods)),

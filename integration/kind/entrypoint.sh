@@ -10,7 +10,9 @@
 #                             (--metrics-address ...); on SIGTERM it drains for DAEMON_GRACE seconds (default 20:
 #                             keep terminationGracePeriodSeconds above it). It serves only callers in its own
 #                             namespaces (docs/security.md), so it waits for the agent's install and runs the
-#                             node's /opt/cni/bin/pycni in the node's mount namespace (that of /proc/1, hostPID).
+#                             node's /opt/cni/bin/pycni in the node's mount namespace (that of /proc/1, hostPID);
+#                             that is the bundle's static native shim, which execs the bundled interpreter for
+#                             a subcommand.
 #
 # Env: NODE_NAME (downward API), CLUSTER_CIDR, AGENT_INTERVAL (seconds, default 30), CNI_VERSION (default 1.0.0),
 # EXTRA_ARGS (more agent arguments), DAEMON_GRACE.

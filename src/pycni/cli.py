@@ -33,21 +33,7 @@ SUBCOMMANDS = {"daemon": "pycni.daemon.server:main", "agent": "pycni.agent.main:
                "leases": "pycni.inspect.leases:main", "status": "pycni.inspect.status:main",
                "gc": "pycni.inspect.gc_preview:main", "netpol": "pycni.agent.netpol_main:main"}
 
-MAX_STDIN = 1 << 20  # spec.env.MAX_CONFIG_BYTES (a test keeps them equal; spec.env is not imported here)
-
-
-def _best_effort_version(stdin: bytes) -> str | None:
-    import json
-
-    from .spec import env as cnienv
-
-    if len(stdin) > cnienv.MAX_CONFIG_BYTES:
-        return None
-    try:
-        value = json.loads(stdin).get("cniVersion")
-    except Exception:  # noqa: BLE001 - a guess only: anything unreadable means "no version"
-        return None
-    return value if isinstance(value, str) else None
+MAX_STDIN = 1 << 20  # = spec.env.MAX_CONFIG_BYTES = daemon.wire.MAX_STDIN (tests keep them equal; neither is imported here)
 
 
 def run(plugin: str, environ: dict[str, str], stdin: bytes, stderr=None) -> tuple[int, str]:
@@ -62,9 +48,8 @@ def run(plugin: str, environ: dict[str, str], stdin: bytes, stderr=None) -> tupl
     from .spec import version as versions
     from .spec.errors import INTERNAL, CNIError
 
-    # Errors are printed in the configuration's version when it is one we speak (SPEC.md "Error").
-    guessed = _best_effort_version(stdin)
-    error_version = guessed if guessed in versions.SUPPORTED_VERSIONS else versions.LATEST
+    guessed = versions.declared(stdin)
+    error_version = versions.for_error(guessed)
     logs = None  # set up after VERSION (which never logs): `logging` costs ~8 ms to import
     try:
         env = cnienv.read_environment(environ)
@@ -197,15 +182,11 @@ class _RequestLog:
 
 
 def _daemon_allowed(environ: dict[str, str], stdin: bytes) -> bool:
-    """The handoff is off with PYCNI_NO_DAEMON=1, with `"pycniDaemon": false` in the configuration,
-    and under PYCNI_FAULT (crash injection must kill this process, not the daemon)."""
-    if environ.get("PYCNI_NO_DAEMON", "").lower() in ("1", "true", "yes") or environ.get("PYCNI_FAULT"):
-        return False
-    if b'"pycniDaemon"' in stdin:
-        from .daemon import client
+    """Whether to try the daemon at all (pycni.daemon.wire.handoff_allowed: PYCNI_NO_DAEMON, PYCNI_FAULT,
+    `"pycniDaemon": false`)."""
+    from .daemon import wire
 
-        return client.config_allows_daemon(stdin)
-    return True
+    return wire.handoff_allowed(environ, stdin)
 
 
 def _main(plugin: str, handoff: bool = True) -> None:

@@ -29,10 +29,11 @@ import os
 import tempfile
 from collections.abc import Sequence
 
+from ..bridge.config import DEFAULT_BRIDGE
+from ..ipam.config import DEFAULT_DATA_DIR
+
 CONFLIST_NAME = "10-pycni.conflist"
 NETWORK_NAME = "pycni"
-DEFAULT_BRIDGE = "cni0"
-DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 # containerd 1.6/1.7 (libcni 1.1) and Debian 12's reference portmap stop at 1.0.0; a node whose
 # runtime and portmap speak 1.1.0 (containerd 2.x, plugins >= 1.5) may set 1.1.0 for STATUS and GC.
 DEFAULT_CNI_VERSION = "1.0.0"

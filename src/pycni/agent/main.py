@@ -34,6 +34,8 @@ import threading
 import time
 
 from .. import logfmt, runstate
+from ..bridge.config import DEFAULT_BRIDGE
+from ..ipam.config import DEFAULT_DATA_DIR
 from . import conflist, install, masq, routes, stale, sysctl
 from .nodes import SA_DIR, FileSource, KubeClient, KubeSource, NodeList, NodeSourceError
 
@@ -71,8 +73,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--masq-backend", choices=["auto", "nftables", "iptables", "none"], default="auto")
     p.add_argument("--cni-version", default=conflist.DEFAULT_CNI_VERSION)
     p.add_argument("--network-name", default=conflist.NETWORK_NAME)
-    p.add_argument("--bridge", default=conflist.DEFAULT_BRIDGE)
-    p.add_argument("--ipam-data-dir", default=conflist.DEFAULT_DATA_DIR)
+    p.add_argument("--bridge", default=DEFAULT_BRIDGE)
+    p.add_argument("--ipam-data-dir", default=DEFAULT_DATA_DIR)
     p.add_argument("--mtu", type=int, default=0)
     p.add_argument("--plugin-log-file", default="", help="logFile for the bridge plugin in the conflist")
     p.add_argument("--log-level", default=os.environ.get("PYCNI_AGENT_LOG_LEVEL", "INFO"))
@@ -157,9 +159,9 @@ class Agent:
             status["errors"].append(f"node {a.node_name!r} has no pod CIDR yet")
         versions = {4 if ":" not in c else 6 for c in pod_cidrs}
         if 4 in versions or not versions:
-            sysctl.ensure("net/ipv4/ip_forward", "1")
+            sysctl.forwarding(4)
         if 6 in versions:
-            sysctl.ensure("net/ipv6/conf/all/forwarding", "1")
+            sysctl.forwarding(6)
         # kube-proxy (iptables/nftables) must see bridged pod-to-pod traffic, or a Service whose backend is on
         # the client's own bridge answers with the backend's address (un-DNATed). Only when br_netfilter is loaded.
         # Without br_netfilter (a module of the node's kernel: a pod cannot load it) that case is broken: said

@@ -29,6 +29,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
+from ..ipam.config import DEFAULT_DATA_DIR
 from . import cri
 
 
@@ -85,7 +86,7 @@ def reconcile(conflist: dict, socket_path: str, cni_path: str, grace: float, now
               list_sandboxes=cri.list_pod_sandboxes, run=exec_plugin) -> Outcome:
     result = Outcome()
     ipam = conflist["plugins"][0].get("ipam") or {}
-    store = os.path.join(ipam.get("dataDir") or "/var/lib/cni/networks", conflist["name"])
+    store = os.path.join(ipam.get("dataDir") or DEFAULT_DATA_DIR, conflist["name"])
     found = leases(store)
     if not found:
         return result

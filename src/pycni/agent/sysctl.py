@@ -1,27 +1,29 @@
-"""The kernel settings the agent and the NetworkPolicy controller need in the node's namespace."""
+"""The kernel settings the agent and the NetworkPolicy controller need in the node's namespace
+(written by pycni.sysctl, the one writer; here: which settings, and a failure is a logged warning)."""
 
 from __future__ import annotations
 
 import logging
-import os
+
+from .. import sysctl
 
 log = logging.getLogger("pycni.agent")
 
 
 def ensure(path: str, value: str) -> bool:
     """Set /proc/sys/`path` to `value` unless it already is; False (and a warning) when it cannot."""
-    full = os.path.join("/proc/sys", path)
     try:
-        with open(full) as f:
-            if f.read().strip() == value:
-                return True
-        with open(full, "w") as f:
-            f.write(value)
-        log.info("set %s = %s", path.replace("/", "."), value)
+        if sysctl.write(path, value):
+            log.info("set %s = %s", path.replace("/", "."), value)
         return True
     except OSError as exc:
         log.warning("cannot set %s: %s", path, exc)
         return False
+
+
+def forwarding(version: int) -> bool:
+    """The node routes pod traffic of this IP version."""
+    return ensure(sysctl.forwarding(version), "1")
 
 
 def bridge_netfilter() -> list[str]:
@@ -31,6 +33,6 @@ def bridge_netfilter() -> list[str]:
     missing = []
     for fam in ("iptables", "ip6tables"):
         path = f"net/bridge/bridge-nf-call-{fam}"
-        if not os.path.exists(os.path.join("/proc/sys", path)) or not ensure(path, "1"):
+        if not sysctl.exists(path) or not ensure(path, "1"):
             missing.append(path.replace("/", "."))
     return missing

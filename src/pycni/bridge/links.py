@@ -12,11 +12,13 @@ import contextlib
 import errno
 import ipaddress
 import random
-from dataclasses import dataclass, field
+import socket
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import faults
 from ..spec.errors import INVALID_CONFIG, KERNEL, CNIError
+from ..spec.result import U32_MAX
 from . import netlink
 from .netlink import IFF_PROMISC, IFF_UP, Link, kernel
 from .sysctl import write_sysctl
@@ -24,11 +26,9 @@ from .sysctl import write_sysctl
 if TYPE_CHECKING:
     from .netns import Pod
 
-__all__ = ["IFF_PROMISC", "IFF_UP", "Link"]  # re-exported: what a lookup returns
 
-IFA_F_NODAD = 0x02
-BRIDGE_VLAN_INFO_PVID = 0x2
-BRIDGE_VLAN_INFO_UNTAGGED = 0x4
+# IEEE 802: bit 0 of the first octet marks a multicast MAC, bit 1 a locally administered one
+_MAC_MULTICAST, _MAC_LOCAL = 0x01, 0x02
 
 
 @dataclass
@@ -40,38 +40,24 @@ class Address:
 @dataclass
 class RouteInfo:
     dst: str
-    gw: str | None = None
-    table: int = 254
+    gw: str | None
+    table: int
     priority: int = 0
-    extra: dict = field(default_factory=dict)
 
 
+def get_link(name: str, pod: Pod | None = None) -> Link | None:
+    """The link `name` of the node (`pod` None) or of `pod`'s namespace (once `pod` has been
+    entered), asked over that namespace's raw rtnetlink socket, whatever namespace the calling
+    thread is in.
 
-def get_link(name: str, ipr: Any = None) -> Link | None:
-    """The link `name` of the node (ipr None) or of the pod whose socket `ipr` is (inside `Pod`).
-
-    Asked over a raw rtnetlink socket and decoded here (the attributes a Link holds): pyroute2
-    decodes every attribute of the answer - statistics included - which made the ten lookups of an
-    ADD cost more than all its other netlink requests together."""
-    if ipr is None or netlink.is_node(ipr):
+    Raw and decoded here (the attributes a Link holds): pyroute2 decodes every attribute of the
+    answer - statistics included - which made the ten lookups of an ADD cost more than all its other
+    netlink requests together."""
+    if pod is None:
         return netlink.raw_get_link(netlink.node_raw(), name)
-    raw = netlink.raw_socket()  # `ipr` is a pod's: this thread is inside that pod's netns right now
-    try:
-        return netlink.raw_get_link(raw, name)
-    finally:
-        raw.close()
-
-
-def _pyroute2_get_link(name: str, ipr: Any = None) -> Link | None:
-    ipr = ipr or netlink.node()
-    try:
-        msgs = ipr.link("get", ifname=name)
-    except netlink.errors() as exc:
-        if netlink.error_code(exc) in (errno.ENODEV, errno.ENOENT):
-            return None
-        raise CNIError(KERNEL, f"failed to look up link {name!r}", str(exc)) from None
-    return netlink.link_from_msg(msgs[0]) if msgs else None
-
+    if pod.raw is None:
+        raise RuntimeError(f"get_link({name!r}, pod) before `with pod`: the pod has no rtnetlink socket yet")
+    return netlink.raw_get_link(pod.raw, name)
 
 
 def links_with_alias_prefix(prefix: str) -> list[Link]:
@@ -79,11 +65,10 @@ def links_with_alias_prefix(prefix: str) -> list[Link]:
         return [link for link in map(netlink.link_from_msg, netlink.node().get_links()) if link.alias.startswith(prefix)]
 
 
-
 def random_mac() -> str:
     """A locally administered unicast MAC."""
     octets = [random.randrange(256) for _ in range(6)]
-    octets[0] = (octets[0] & 0xFC) | 0x02
+    octets[0] = (octets[0] & ~_MAC_MULTICAST) | _MAC_LOCAL
     return ":".join(f"{o:02x}" for o in octets)
 
 
@@ -176,6 +161,8 @@ def add_address(index: int, iface: str, ipr: Any, *, nodad: bool, tolerate_exist
     if ip.version == 4 and ip.network.prefixlen < 31:
         kwargs["broadcast"] = str(ip.network.broadcast_address)
     if ip.version == 6 and nodad:
+        from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD  # loaded with the handle `ipr`
+
         kwargs["flags"] = IFA_F_NODAD
     try:
         ipr.addr("add", **kwargs)
@@ -246,6 +233,8 @@ def configure_vlans(link: Link, vlan: int, trunk: list[int], preserve_default: b
     the default VLAN 1 is removed from the port unless `preserveDefaultVlan`."""
     if not vlan and not trunk:
         return
+    from pyroute2.netlink.rtnl.ifinfmsg import BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_UNTAGGED
+
     ipr = netlink.node()
     with kernel(f"set the VLANs of {link.name!r}"):
         if not preserve_default:
@@ -305,7 +294,7 @@ def pod_configure(pod: Pod, ifname: str, ips: list[str], routes: list[dict], up:
     link is up because the kernel refuses a gateway route on a down link.
     """
     ipr = pod.ipr
-    link = get_link(ifname, ipr)
+    link = get_link(ifname, pod)
     if link is None:
         raise CNIError(KERNEL, f"container interface {ifname!r} not found in {pod.path}")
     for iface in ips:
@@ -315,7 +304,7 @@ def pod_configure(pod: Pod, ifname: str, ips: list[str], routes: list[dict], up:
             ipr.link("set", index=link.index, state="up")
     for route in routes:
         add_route(ipr, link.index, route, ifname)
-    return get_link(ifname, ipr) or link
+    return get_link(ifname, pod) or link
 
 
 # rtnetlink carries a route's priority and table (RTA_PRIORITY, RTA_TABLE) and its metrics (RTAX_MTU,
@@ -327,12 +316,12 @@ _U32_ROUTE_FIELDS = ("mtu", "advmss", "priority", "table")
 def add_route(ipr: Any, index: int, route: dict, ifname: str) -> None:
     for key in _U32_ROUTE_FIELDS:
         value = route.get(key)
-        if value is not None and not 0 <= value <= 0xFFFFFFFF:
+        if value is not None and not 0 <= value <= U32_MAX:
             raise CNIError(INVALID_CONFIG, f"route {route.get('dst')}: {key} {value} does not fit in 32 bits")
     dst = ipaddress.ip_network(route["dst"])
-    # proto boot (3), as iproute2 and the reference (vishvananda/netlink) add routes; pyroute2 says static
+    # proto boot, as iproute2 and the reference (vishvananda/netlink) add routes; pyroute2 says static
     kwargs: dict[str, Any] = {"dst": str(dst.network_address), "dst_len": dst.prefixlen, "oif": index,
-                              "family": 2 if dst.version == 4 else 10, "proto": 3}
+                              "family": socket.AF_INET if dst.version == 4 else socket.AF_INET6, "proto": "boot"}
     if route.get("gw"):
         kwargs["gateway"] = route["gw"]
     if route.get("priority"):
@@ -360,31 +349,15 @@ def add_route(ipr: Any, index: int, route: dict, ifname: str) -> None:
 
 def routes(ipr: Any, index: int | None = None) -> list[RouteInfo]:
     out = []
-    for family in (2, 10):
+    for family in (socket.AF_INET, socket.AF_INET6):
         for msg in ipr.get_routes(family=family):
             if index is not None and msg.get("RTA_OIF") != index:
                 continue
             dst = msg.get("RTA_DST")
             length = msg["dst_len"]
             if dst is None:
-                dst = "0.0.0.0" if family == 2 else "::"
+                dst = "0.0.0.0" if family == socket.AF_INET else "::"
             out.append(RouteInfo(dst=str(ipaddress.ip_network(f"{dst}/{length}", strict=False)),
                                  gw=msg.get("RTA_GATEWAY"), table=msg.get("RTA_TABLE") or msg["table"],
                                  priority=msg.get("RTA_PRIORITY") or 0))
     return out
-
-
-def pod_delete(pod: Pod, ifname: str) -> list[str]:
-    """Delete `ifname` in the pod (its veth peer goes with it); returns its addresses."""
-    link = get_link(ifname, pod.ipr)
-    if link is None:
-        return []
-    with kernel(f"list the addresses of {ifname!r}"):
-        addrs = [a.address for a in addresses(link.index, pod.ipr)]
-    try:
-        pod.ipr.link("del", index=link.index)
-    except netlink.errors() as exc:
-        if netlink.error_code(exc) not in (errno.ENODEV, errno.ENOENT):
-            raise CNIError(KERNEL, f"failed to delete {ifname!r} in {pod.path}", str(exc)) from None
-    return addrs
-

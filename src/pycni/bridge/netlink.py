@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
+import struct
 import sys
 import threading
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ from typing import Any
 
 from ..spec.errors import KERNEL, CNIError
 
+# linux/if.h (pyroute2.netlink.rtnl.ifinfmsg has them too; a raw lookup must not import pyroute2)
 IFF_UP = 0x1
 IFF_PROMISC = 0x100
 
@@ -50,11 +53,11 @@ class Link:
 
 @contextlib.contextmanager
 def kernel(what: str) -> Iterator[None]:
-    """Turn a netlink/OS failure into CNIError 101 naming what was being done."""
+    """Turn a kernel failure (a NetlinkError or an OSError, see `errors`) into CNIError 101 naming
+    what was being done. Anything else - a ValueError or TypeError is a bug of ours or of pyroute2 -
+    goes on to the generic handler (code 100, "internal error", with a traceback in the log)."""
     try:
         yield
-    except CNIError:
-        raise
     except errors() as exc:
         code = getattr(exc, "code", None) or getattr(exc, "errno", None) or 0
         detail = os.strerror(code) if isinstance(code, int) and code > 0 else str(exc)
@@ -122,11 +125,12 @@ def iproute() -> Any:
 
 
 def errors() -> tuple[type[BaseException], ...]:
-    """What a netlink request may raise (pyroute2's NetlinkError is not an OSError)."""
+    """What the kernel answers a failed request with: pyroute2's NetlinkError (not an OSError: it
+    carries the errno in `code`) and OSError (the socket itself failed)."""
     _lean_pyroute2()
     from pyroute2.netlink.exceptions import NetlinkError
 
-    return (NetlinkError, OSError, ValueError)
+    return (NetlinkError, OSError)
 
 
 def error_code(exc: BaseException) -> int:
@@ -183,34 +187,54 @@ def link_from_msg(msg: Any) -> Link:
 
 
 
+# The raw client: uapi names (linux/netlink.h, linux/rtnetlink.h, linux/if_link.h). pyroute2 has
+# them too, but this path must not import it (STATUS and DEL stay cheap).
+_NLMSG_ERROR = 2
+_NLM_F_REQUEST = 1
+_NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+_RTM_NEWLINK, _RTM_GETLINK = 16, 18
 _IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_LINK, _IFLA_MASTER, _IFLA_LINKINFO, _IFLA_IFALIAS = 1, 3, 4, 5, 10, 18, 20
 _IFLA_INFO_KIND = 1
-_RTM_NEWLINK, _RTM_GETLINK, _NLMSG_ERROR, _NLM_F_REQUEST = 16, 18, 2, 1
+_NLMSGHDR = struct.Struct("IHHII")  # len, type, flags, seq, pid
+_NLMSGERR = struct.Struct("i")  # the (negative) errno that follows the header of an NLMSG_ERROR
+_IFINFOMSG = struct.Struct("BxHiII")  # family, type, index, flags, change
+_NLATTR = struct.Struct("HH")  # len, type
+_RECV_SIZE = 1 << 16
 
 
 def raw_socket() -> Any:
     """A raw NETLINK_ROUTE socket in the calling thread's current network namespace."""
-    import socket
-
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
     try:
         sock.settimeout(10)
-        sock.bind((0, 0))
+        sock.bind((0, 0))  # pid 0: the kernel assigns our port id; no multicast groups
     except OSError as exc:
         sock.close()
         raise CNIError(KERNEL, "rtnetlink is not reachable", str(exc)) from None
     return sock
 
 
-def attrs(buf: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-    import struct
+def _align(n: int) -> int:
+    return (n + 3) & ~3  # NLA_ALIGN / NLMSG_ALIGN: 4 bytes
 
-    while start + 4 <= end:
-        alen, atype = struct.unpack_from("HH", buf, start)
-        if alen < 4:
+
+def attrs(buf: bytes, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """The (type, payload) netlink attributes in buf[start:end]."""
+    while start + _NLATTR.size <= end:
+        alen, atype = _NLATTR.unpack_from(buf, start)
+        if alen < _NLATTR.size:
             return
-        yield atype & 0x3FFF, buf[start + 4 : start + alen]
-        start += (alen + 3) & ~3
+        yield atype & _NLA_TYPE_MASK, buf[start + _NLATTR.size : start + alen]
+        start += _align(alen)
+
+
+def _attr(atype: int, payload: bytes) -> bytes:
+    raw = _NLATTR.pack(_NLATTR.size + len(payload), atype) + payload
+    return raw + b"\0" * (_align(len(raw)) - len(raw))
+
+
+def _string(payload: bytes) -> str:
+    return payload.rstrip(b"\0").decode(errors="replace")
 
 
 _seq = 0
@@ -218,36 +242,31 @@ _seq = 0
 
 def raw_get_link(sock: Any, name: str) -> Link | None:
     """RTM_GETLINK by name; None when there is no such link (ENODEV)."""
-    import struct
-
     global _seq
     _seq = (_seq + 1) & 0x7FFFFFFF
     seq = _seq
-    encoded = name.encode() + b"\0"
-    attr = struct.pack("HH", 4 + len(encoded), _IFLA_IFNAME) + encoded
-    attr += b"\0" * (-len(attr) % 4)
-    body = struct.pack("BxHiII", 0, 0, 0, 0, 0) + attr
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(_IFLA_IFNAME, name.encode() + b"\0")
     try:
-        sock.send(struct.pack("IHHII", 16 + len(body), _RTM_GETLINK, _NLM_F_REQUEST, seq, 0) + body)
-        while True:
-            data = sock.recv(1 << 16)
-            length, mtype, _flags, got = struct.unpack_from("IHHI", data, 0)
+        sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), _RTM_GETLINK, _NLM_F_REQUEST, seq, 0) + body)
+        while True:  # skip a late answer to an earlier request on this socket
+            data = sock.recv(_RECV_SIZE)
+            length, mtype, _flags, got, _pid = _NLMSGHDR.unpack_from(data, 0)
             if got == seq:
                 break
     except OSError as exc:
         raise CNIError(KERNEL, f"failed to look up link {name!r}", str(exc)) from None
     if mtype == _NLMSG_ERROR:
-        (err,) = struct.unpack_from("i", data, 16)
+        (err,) = _NLMSGERR.unpack_from(data, _NLMSGHDR.size)
         if -err in (errno.ENODEV, errno.ENOENT):
             return None
         raise CNIError(KERNEL, f"failed to look up link {name!r}", os.strerror(-err))
     if mtype != _RTM_NEWLINK:
         raise CNIError(KERNEL, f"unexpected rtnetlink answer looking up {name!r}", f"type {mtype}")
-    _family, _type, index, flags, _change = struct.unpack_from("BxHiII", data, 16)
+    _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(data, _NLMSGHDR.size)
     link = Link(name="", index=index, flags=flags)
-    for atype, payload in attrs(data, 32, length):
+    for atype, payload in attrs(data, _NLMSGHDR.size + _IFINFOMSG.size, length):
         if atype == _IFLA_IFNAME:
-            link.name = payload.rstrip(b"\0").decode(errors="replace")
+            link.name = _string(payload)
         elif atype == _IFLA_ADDRESS:
             link.mac = ":".join(f"{b:02x}" for b in payload)
         elif atype == _IFLA_MTU:
@@ -257,10 +276,9 @@ def raw_get_link(sock: Any, name: str) -> Link | None:
         elif atype == _IFLA_MASTER:
             (link.master,) = struct.unpack_from("i", payload)
         elif atype == _IFLA_IFALIAS:
-            link.alias = payload.rstrip(b"\0").decode(errors="replace")
+            link.alias = _string(payload)
         elif atype == _IFLA_LINKINFO:
             for itype, ipayload in attrs(payload, 0, len(payload)):
                 if itype == _IFLA_INFO_KIND:
-                    link.kind = ipayload.rstrip(b"\0").decode(errors="replace")
+                    link.kind = _string(ipayload)
     return link
-

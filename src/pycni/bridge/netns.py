@@ -64,13 +64,16 @@ def open_netns(path: str) -> int:
 class Pod:
     """Inside a pod netns: `with Pod(path) as pod: pod.ipr...` (thread switched back on exit).
 
-    The netns fd stays open for the object's lifetime so it can be used as IFLA_NET_NS_FD.
+    `ipr` is the pod namespace's pyroute2 handle, open inside `with` only. `raw`, the raw rtnetlink
+    socket of `links.get_link(name, pod)`, is opened in the pod namespace on the first `with` and
+    stays open, like the netns fd (used as IFLA_NET_NS_FD), until `close()`.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd = open_netns(path)
         self.ipr: Any = None
+        self.raw: Any = None
         self._home = -1
 
     def __enter__(self) -> Self:
@@ -84,7 +87,10 @@ class Pod:
             raise CNIError(INVALID_ENV, f"{self.path!r} is not a network namespace", str(exc)) from None
         try:
             self.ipr = iproute_cls()
+            if self.raw is None:
+                self.raw = netlink.raw_socket()
         except BaseException:
+            self._close_ipr()
             self._leave()
             raise
         return self
@@ -95,11 +101,14 @@ class Pod:
         finally:
             os.close(self._home)
 
+    def _close_ipr(self) -> None:
+        ipr, self.ipr = self.ipr, None
+        if ipr is not None:
+            ipr.close()
+
     def __exit__(self, *exc: object) -> None:
         try:
-            if self.ipr is not None:
-                self.ipr.close()
-                self.ipr = None
+            self._close_ipr()
         finally:
             self._leave()
 
@@ -110,5 +119,10 @@ class Pod:
         return (mine.st_dev, mine.st_ino) == (here.st_dev, here.st_ino)
 
     def close(self) -> None:
-        os.close(self.fd)
+        raw, self.raw = self.raw, None
+        try:
+            if raw is not None:
+                raw.close()
+        finally:
+            os.close(self.fd)
 

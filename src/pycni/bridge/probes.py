@@ -18,14 +18,6 @@ def host_link_names() -> set[str]:
     return names
 
 
-
-def netlink_ready() -> None:
-    """STATUS: the plugin can talk rtnetlink and may create links (CAP_NET_ADMIN)."""
-    with netlink.kernel("open an rtnetlink socket"):
-        netlink.node().get_links(1)
-
-
-
 def link_kind_raw(name: str) -> str | None:
     """Kind of link `name` ("bridge", "veth", "" when unknown), None when absent - over a raw
     rtnetlink socket, without pyroute2, so STATUS stays cheap. Raises CNIError 101 when rtnetlink
@@ -38,13 +30,16 @@ def link_kind_raw(name: str) -> str | None:
     return None if link is None else link.kind
 
 
+CAP_NET_ADMIN = 12  # linux/capability.h: the bit number in the capability sets
+
+
 def can_admin_network() -> bool:
-    """CAP_NET_ADMIN (bit 12) in the effective set: needed to create bridges and veths."""
+    """CAP_NET_ADMIN in the effective set (/proc/self/status CapEff): needed to create bridges and veths."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
                 if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) & (1 << 12))
+                    return bool(int(line.split()[1], 16) & (1 << CAP_NET_ADMIN))
     except OSError:
         pass
     return False

@@ -7,33 +7,22 @@ ignores failures of the per-interface sysctls (e.g. no IPv6 in the kernel); forw
 
 from __future__ import annotations
 
+from .. import sysctl
 from ..spec.errors import KERNEL, CNIError
 
 
 def write_sysctl(path: str, value: str, *, only_if_different: bool = True, strict: bool = False) -> None:
-    """Write /proc/sys/<path> of the current thread's netns; errors are ignored unless strict.
-
-    The reference plugin ignores failures of the per-interface sysctls (e.g. no IPv6 in the kernel).
-    """
-    full = "/proc/sys/" + path
+    """Set /proc/sys/<path> of the current thread's netns; a failure is ignored unless `strict`."""
     try:
-        if only_if_different:
-            with open(full) as fh:
-                if fh.read().strip() == value:
-                    return
-        with open(full, "w") as fh:
-            fh.write(value)
+        sysctl.write(path, value, only_if_different=only_if_different)
     except OSError as exc:
         if strict:
             raise CNIError(KERNEL, f"failed to set sysctl {path}={value}", exc.strerror or str(exc)) from None
 
 
-
 def enable_forwarding(version: int) -> None:
     """Reference `enableIPForward`: a gateway must route (net.ipv4.ip_forward / ipv6 forwarding)."""
-    path = "net/ipv4/ip_forward" if version == 4 else "net/ipv6/conf/all/forwarding"
-    write_sysctl(path, "1", strict=True)
-
+    write_sysctl(sysctl.forwarding(version), "1", strict=True)
 
 
 def pod_sysctls(ifname: str, enabledad: bool, has_v6: bool) -> None:

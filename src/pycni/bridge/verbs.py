@@ -144,7 +144,7 @@ def _plumb(req: Request, conf: BridgeConf, pod, undo: Rollback) -> Result:
     links.configure_port(host, conf.hairpinMode, conf.portIsolation)
     links.configure_vlans(host, conf.vlan, conf.trunk_vlans(), conf.preserveDefaultVlan)
     with pod:
-        container = links.get_link(req.ifname, pod.ipr)
+        container = links.get_link(req.ifname, pod)
     if container is None:
         raise CNIError(KERNEL, f"{req.ifname!r} vanished from {req.netns}")
     if conf.macspoofchk:
@@ -345,7 +345,7 @@ def check(req: Request) -> None:
         raise CNIError(CHECK_FAILED, "CNI_NETNS does not exist", req.netns) from None
     try:
         with pod:
-            container = _expect(links.get_link(req.ifname, pod.ipr), cont_if, "veth", req.ifname)
+            container = _expect(links.get_link(req.ifname, pod), cont_if, "veth", req.ifname)
             _check_ips_routes(pod, container, prev, prev.interfaces.index(cont_if), links)
     finally:
         pod.close()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import stat
 
-from . import Refused
+from .wire import Refused
 
 DEFAULT = "/opt/cni/bin"
 

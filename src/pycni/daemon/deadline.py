@@ -22,7 +22,7 @@ import select
 import socket
 import time
 
-from . import ACK, recv_exact
+from .wire import ACK, recv_exact
 
 READ_TIMEOUT = 10.0  # seconds for a whole request to arrive once the connection is accepted
 ACK_TIMEOUT = 10.0  # seconds for a client to acknowledge the answer to its ADD

@@ -29,7 +29,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from . import Refused
+from .wire import Refused
 
 NAMESPACES = ("user", "mnt", "net", "pid", "time")
 SO_PEERPIDFD = 77  # <asm-generic/socket.h>, Linux 6.5

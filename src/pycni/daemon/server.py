@@ -30,8 +30,6 @@ plugin runs, so results, errors and exit codes are identical either way.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import io
 import json
 import logging
@@ -44,8 +42,9 @@ import threading
 import time
 
 from .. import __version__, cli, logfmt, runstate
-from . import DEFAULT_SOCKET, MAX_FRAME, PROTOCOL, SOCKET_ENV, Refused, cni_path, peer
+from . import cni_path, peer, wire
 from .deadline import ACK_TIMEOUT, READ_TIMEOUT, Deadline, Expired, acknowledged, client_gone
+from .wire import DEFAULT_SOCKET, MAX_FRAME, SOCKET_ENV, Refused
 
 SLOT_POLL = 0.2  # seconds between looks at the client and the stop flag while waiting for a slot
 log = logging.getLogger("pycnid")  # not under "pycni": those handlers belong to requests
@@ -80,44 +79,14 @@ def _recv_exact(conn: socket.socket, n: int, deadline: Deadline) -> bytes:
 
 
 def read_request(conn: socket.socket, deadline: Deadline) -> tuple[str, dict[str, str], bytes, Deadline]:
-    """One framed request, validated: (plugin, environment, stdin, the client's deadline). Refused on
-    anything odd, or when the whole request has not arrived by `deadline`."""
-    size = int.from_bytes(_recv_exact(conn, 4, deadline), "big")
-    if size == 0 or size > MAX_FRAME:
-        raise Refused(f"bad frame length {size}")
+    """One framed request, validated (wire.decode_request): (plugin, environment, stdin, the client's
+    deadline). Refused on anything odd, or when the whole request has not arrived by `deadline`."""
     try:
-        req = json.loads(_recv_exact(conn, size, deadline).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise Refused(f"request is not JSON: {exc}") from None
-    return decode_request(req)
-
-
-def decode_request(req: object) -> tuple[str, dict[str, str], bytes, Deadline]:
-    if not isinstance(req, dict):
-        raise Refused("request is not a JSON object")
-    if req.get("proto") != PROTOCOL:
-        raise Refused(f"protocol {req.get('proto')!r}, this daemon speaks {PROTOCOL}")
-    if req.get("version") != __version__:
-        raise Refused(f"pycni version {req.get('version')!r}, this daemon runs {__version__}")
-    plugin, env, data, until = req.get("plugin"), req.get("env"), req.get("stdin"), req.get("deadline")
-    if not isinstance(plugin, str) or plugin not in cli.PLUGINS:  # (a dict is not even hashable: found by fuzzing)
-        raise Refused(f"unknown plugin {plugin!r}")
-    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise Refused("env must be an object of strings")
-    if not isinstance(data, str):
-        raise Refused("stdin must be a base64 string")
-    if not isinstance(until, int) or isinstance(until, bool) or until < 0:
-        raise Refused("deadline must be a CLOCK_MONOTONIC time in milliseconds")
-    try:
-        stdin = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise Refused("stdin is not valid base64") from None
+        size = wire.body_size(_recv_exact(conn, wire.HEADER_BYTES, deadline))
+    except wire.FrameError as exc:
+        raise Refused(str(exc)) from None
+    plugin, env, stdin, until = wire.decode_request(_recv_exact(conn, size, deadline))
     return plugin, env, stdin, Deadline.from_ms(until)
-
-
-def _send(conn: socket.socket, answer: dict) -> None:
-    body = json.dumps(answer).encode()
-    conn.sendall(len(body).to_bytes(4, "big") + body)
 
 
 class Server:
@@ -291,7 +260,7 @@ class Server:
                 status, text, logs = self._run(plugin, env, stdin)
                 conn.settimeout(ACK_TIMEOUT)  # a client that is there reads its answer at once
                 try:
-                    _send(conn, {"status": status, "stdout": text, "stderr": logs})
+                    conn.sendall(wire.encode_answer(status, text, logs))
                     delivered = True
                 except OSError:
                     delivered = False
@@ -354,7 +323,7 @@ class Server:
 def _refuse(conn: socket.socket, why: str) -> None:
     try:
         conn.settimeout(1.0)
-        _send(conn, {"refused": why})
+        conn.sendall(wire.encode_refusal(why))
     except OSError:
         return
     _drain(conn)  # closing with unread input would reset the connection before the answer is read

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..ipam.config import DEFAULT_DATA_DIR
 from . import attachments, netconfs, output, pools
 
 
@@ -23,7 +24,7 @@ def data_dirs(args) -> list[str]:
         pool = pools.from_ipam(net.name, net.ipam) if net.ipam else None
         if pool is not None and pool.data_dir not in found:
             found.append(pool.data_dir)
-    return found or [pools.DEFAULT_DATA_DIR]
+    return found or [DEFAULT_DATA_DIR]
 
 
 def collect(args) -> list[dict]:

@@ -8,11 +8,12 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from ..bridge.config import DEFAULT_BRIDGE
+
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
 EXTENSIONS = (".conflist", ".conf", ".json")
 BRIDGE_TYPE = "pycni"
 HOST_LOCAL_TYPES = ("pycni-host-local", "host-local")  # one store format (pycni.ipam.store)
-DEFAULT_BRIDGE = "cni0"  # the bridge plugin's default (bridge/config.py)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,6 @@ from ..ipam import config
 from ..ipam.ranges import Range
 from ..spec.errors import CNIError
 
-DEFAULT_DATA_DIR = config.DEFAULT_DATA_DIR
-
 
 @dataclass(frozen=True)
 class Pool:

@@ -21,7 +21,7 @@ import subprocess
 import time
 
 from .. import runstate
-from ..daemon import DEFAULT_SOCKET, SOCKET_ENV
+from ..daemon.wire import DEFAULT_SOCKET, SOCKET_ENV
 from . import netconfs, output, pools
 
 
@@ -53,7 +53,7 @@ def bridge_status(name: str, all_links, links_mod) -> dict:
     br = next((link for link in all_links if link.name == name), None)
     if br is None:
         return {"name": name, "exists": False}
-    return {"name": name, "exists": True, "kind": br.kind, "up": bool(br.flags & 1),
+    return {"name": name, "exists": True, "kind": br.kind, "up": bool(br.flags & links_mod.IFF_UP),
             "addresses": [a.address for a in links_mod.addresses(br.index)],
             "ports": sum(1 for link in all_links if link.master == br.index)}
 

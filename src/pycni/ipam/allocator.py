@@ -22,8 +22,8 @@ from typing import Protocol
 
 from ..spec.errors import ADDRESS_EXHAUSTED, ADDRESS_UNAVAILABLE, CNIError
 from ..spec.result import IPConfig
+from .lease import Lease
 from .ranges import IPAddress, RangeSet
-from .store import Lease
 
 log = logging.getLogger("pycni.ipam")
 

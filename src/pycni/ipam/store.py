@@ -24,10 +24,10 @@ import ipaddress
 import os
 import stat
 import threading
-from dataclasses import dataclass
 
 from .. import faults
 from ..spec.errors import IO_FAILURE, CNIError
+from .lease import Lease
 from .ranges import IPAddress
 
 LINE_BREAK = "\r\n"
@@ -36,18 +36,6 @@ LOCK_NAME = "lock"
 TMP_PREFIX = ".pycni-tmp-"
 FILE_MODE = 0o600  # what the current reference writes (v1.10; 1.1.1 wrote 0644): leases are private
 MAX_LEASE_BYTES = 4096  # a lease is "id\r\nifname": anything bigger is not one of ours
-
-
-@dataclass(frozen=True)
-class Lease:
-    ip: IPAddress
-    container_id: str | None  # None: the file is empty or unreadable
-    ifname: str | None  # None for the ID-only format of old plugins
-    empty: bool = False
-
-    @property
-    def legacy(self) -> bool:
-        return self.container_id is not None and self.ifname is None
 
 
 def _io_error(action: str, path: str, exc: OSError) -> CNIError:

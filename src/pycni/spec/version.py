@@ -15,6 +15,29 @@ LATEST = SUPPORTED_VERSIONS[-1]
 VERB_MIN_VERSION = {"ADD": "0.1.0", "DEL": "0.1.0", "CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0"}
 
 
+def declared(stdin: bytes) -> str | None:
+    """The configuration's cniVersion when stdin is a JSON object that has one (a best effort: any
+    problem with it means None, and the verb itself reports the problem)."""
+    import json
+
+    from .env import MAX_CONFIG_BYTES
+
+    if len(stdin) > MAX_CONFIG_BYTES:
+        return None
+    try:
+        value = json.loads(stdin).get("cniVersion")
+    except Exception:  # noqa: BLE001 - a guess only: anything unreadable means "no version"
+        return None
+    return value if isinstance(value, str) else None
+
+
+def for_error(declared_version: str | None) -> str:
+    """SPEC.md "Error": an error's cniVersion is "the protocol version in use" - the configuration's
+    when it is one we speak, else the latest. Every error document pycni prints uses this (cli.run for
+    the verbs' errors, daemon.wire.try_again for a daemon that failed mid-request)."""
+    return declared_version if declared_version in SUPPORTED_VERSIONS else LATEST
+
+
 def parse(version: str) -> tuple[int, int, int]:
     parts = version.split(".")
     if len(parts) != 3 or not all(p.isdigit() and len(p) < 6 for p in parts):
