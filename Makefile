@@ -10,6 +10,8 @@ BUILD       ?= build
 # Go builds use the Go of /usr/local/go (not Debian's golang-go): first on PATH.
 GO_PATH     := /usr/local/go/bin:$(PATH)
 PYTEST_ARGS ?=
+# make bench BENCH_ARGS=--update-docs: the report also goes into docs/performance.md
+BENCH_ARGS  ?=
 FUZZ_SECONDS ?= 300
 # NATIVE_SHIM=1 (default): `make install` and `make bundle` install the native shim (src/pycni/daemon/shim.c,
 # static, ~1 ms in front of the daemon, the installation's interpreter standalone when no daemon answers) as
@@ -127,7 +129,7 @@ test-portable: deps venv
 
 # pycni against the Go reference plugins, same machine, same run (docs/performance.md); as root.
 bench: venv build
-	$(VPY) bench/bench.py
+	$(VPY) bench/bench.py $(BENCH_ARGS)
 
 # NetworkPolicy: compile and load cost for synthetic clusters (docs/networkpolicy.md "Cost"); root.
 bench-netpol: venv

@@ -4,10 +4,13 @@
     sudo .venv/bin/python bench/bench.py            # full run, ~3-5 min; make bench runs this
     sudo .venv/bin/python bench/bench.py --quick    # smoke run (seconds): proves the benchmark works
 
-Three modes run the same configuration (a bridge `cni0` with isGateway and host-local IPAM on a
+Every mode runs the same configuration (a bridge `cni0` with isGateway and host-local IPAM on a
 /16; only `type` and `ipam.type` differ) in the same run:
 
-  go     Debian's reference `bridge` + `host-local` (/usr/lib/cni), exec'd per verb
+  go     the current reference `bridge` + `host-local` (build/ref, built by `make build` from the
+         version pinned in integration/cni/go.mod), exec'd per verb: every ratio is against this
+  go-debian  Debian's reference plugins (/usr/lib/cni, 1.1.1), ADD/CHECK/DEL and VERSION only (a
+         second Go column; skipped when not installed)
   cold   pycni exec'd per verb with no daemon (the shim finds no socket and runs the verb itself)
   warm   pycni exec'd per verb with `pycni daemon` running: the Python shim hands the request over
   native the same, with the optional native shim (src/pycni/daemon/shim.c, built here with cc) as the
@@ -18,12 +21,22 @@ of the same shape for the running venv, so no package is downloaded). Every mode
 network namespace (the plugins and the daemon run there) and its pods are namespaces created here;
 everything is deleted at the end, the daemon stopped by its PID.
 
-Measured: ADD, CHECK, DEL (and the ADD+DEL cycle), STATUS (pycni only: Debian's plugins predate CNI
+Measured: ADD, CHECK, DEL (and the ADD+DEL cycle), STATUS (not Debian's plugins: they predate CNI
 1.1), VERSION exec'd directly and through libcni (build/bin/pycni-cnitool), ADD and DEL through libcni,
 a burst of pods ADDed at a given concurrency (wall time, p95 per ADD), ADD latency with 0 / 250 /
 1,000 leases already held in the /16 (lease files created beforehand, right after the round-robin
 cursor so that every ADD has to skip them), peak RSS of each exec (wait4 rusage) and of the daemon.
-Results: a table on stdout and JSON in build/bench/latest.json (plus a timestamped copy).
+CPU time too, because wall time on a loaded machine measures the load: each exec's own (wait4: the
+process and the children it reaped, so Go's bridge includes its host-local) and, for the daemon
+modes, the daemon's per ADD and per DEL (its processes' utime + stime from /proc, around each
+request). Every run records the machine (CPU model and count, kernel, the Python build of the
+launchers, load average before and after) and checks the targets of issue 13.
+Results: a table on stdout, JSON in build/bench/latest.json (plus a timestamped copy) and the same
+as Markdown in build/bench/latest.md; `--update-docs` puts that Markdown into docs/performance.md
+(between its `bench:begin` / `bench:end` markers).
+
+Network safety: every plugin, cnitool and daemon runs in a node namespace created here (checked
+before every exec: never the namespace the benchmark started in); nothing routes outside it.
 """
 
 from __future__ import annotations
@@ -46,29 +59,41 @@ import time
 import uuid
 from pathlib import Path
 
+import coldpath  # bench/coldpath.py, next to this file
+
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = Path("/usr/lib/cni")
+REFERENCE = ROOT / "build" / "ref"  # `make build`: the reference plugins of integration/cni/go.mod
+DEBIAN_REFERENCE = Path("/usr/lib/cni")
 CNITOOL = ROOT / "build" / "bin" / "pycni-cnitool"
 OUT_DIR = ROOT / "build" / "bench"
 SUBNET = ipaddress.ip_network("10.99.0.0/16")
-MODES = ("go", "cold", "warm", "native")
+MODES = ("go", "go-debian", "cold", "warm", "native")
+GO_MODES = ("go", "go-debian")
+DOCS = ROOT / "docs" / "performance.md"
+DOCS_BEGIN, DOCS_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+QUIET_LOAD = 0.5  # 1-minute load average at the start below which a run counts as quiet
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
+HOME_NETNS_INODE = os.stat("/proc/self/ns/net").st_ino
 
 
 # -- processes ----------------------------------------------------------------------------------------
 
 
 class Run:
-    __slots__ = ("maxrss_kib", "seconds", "status", "stderr", "stdout")
+    __slots__ = ("cpu", "maxrss_kib", "seconds", "status", "stderr", "stdout")
 
-    def __init__(self, status: int, stdout: bytes, stderr: bytes, seconds: float, maxrss_kib: int) -> None:
+    def __init__(self, status: int, stdout: bytes, stderr: bytes, seconds: float, maxrss_kib: int, cpu: float) -> None:
         self.status, self.stdout, self.stderr, self.seconds, self.maxrss_kib = status, stdout, stderr, seconds, maxrss_kib
+        self.cpu = cpu  # seconds of CPU (user + system) of the process and the children it reaped
 
 
 def execute(argv: list[str], env: dict[str, str], stdin: bytes = b"", timeout: float = 120) -> Run:
     """Exec `argv` the way a runtime does (env + stdin, read stdout/stderr), timed from spawn to reap;
-    wait4 gives the child's peak RSS."""
+    wait4 gives the child's peak RSS and CPU time. Refuses to run in the benchmark's own namespace."""
+    if os.stat("/proc/thread-self/ns/net").st_ino == HOME_NETNS_INODE:
+        raise RuntimeError(f"refusing to exec {argv[0]} in the namespace the benchmark started in")
     r_in, w_in = os.pipe()
     r_out, w_out = os.pipe()
     r_err, w_err = os.pipe()
@@ -108,7 +133,74 @@ def execute(argv: list[str], env: dict[str, str], stdin: bytes = b"", timeout: f
     sel.close()
     _, wstatus, usage = os.wait4(pid, 0)
     seconds = time.perf_counter() - start
-    return Run(os.waitstatus_to_exitcode(wstatus), bytes(out), bytes(err), seconds, usage.ru_maxrss)
+    return Run(os.waitstatus_to_exitcode(wstatus), bytes(out), bytes(err), seconds, usage.ru_maxrss,
+               usage.ru_utime + usage.ru_stime)
+
+
+class CpuMeter:
+    """CPU time of a process and everything it starts (threads that exited, worker processes): a
+    cpuacct cgroup of its own (cgroup v1 cpuacct.usage, ns; or cgroup v2 cpu.stat usage_usec); when
+    neither can be made, the process tree's utime + stime from /proc (clock ticks: coarse)."""
+
+    V1, V2 = Path("/sys/fs/cgroup/cpuacct"), Path("/sys/fs/cgroup")
+
+    def __init__(self, name: str) -> None:
+        self.pid = 0
+        self.path: Path | None = None
+        for parent in (self.V1, self.V2):
+            if (parent / "cpuacct.usage").exists() or (parent / "cgroup.controllers").exists():
+                try:
+                    (parent / name).mkdir()
+                except OSError:
+                    continue
+                self.path = parent / name
+                break
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """`argv`, started inside the cgroup (the shell moves itself there, then execs it)."""
+        if self.path is None:
+            return argv
+        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.path / "cgroup.procs"), *argv]
+
+    def seconds(self) -> float:
+        if self.path is not None:
+            if (self.path / "cpuacct.usage").exists():
+                return int((self.path / "cpuacct.usage").read_text()) / 1e9
+            for line in (self.path / "cpu.stat").read_text().splitlines():
+                if line.startswith("usage_usec "):
+                    return int(line.split()[1]) / 1e6
+        return self._proc_ticks() / CLK_TCK
+
+    def _proc_ticks(self) -> int:
+        children: dict[int, list[int]] = {}
+        stats: dict[int, list[str]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rpartition(")")[2].split()
+            except OSError:
+                continue  # exited meanwhile
+            stats[int(entry)] = fields
+            children.setdefault(int(fields[1]), []).append(int(entry))
+        total, todo = 0, [self.pid]
+        while todo:
+            pid = todo.pop()
+            fields = stats.get(pid)
+            if fields is not None:  # after ")": state ppid ...; utime stime cutime cstime are fields 14-17
+                total += sum(int(x) for x in fields[11:15])
+            todo += children.get(pid, [])
+        return total
+
+    def remove(self) -> None:
+        """Remove the cgroup (once the process is gone)."""
+        if self.path is not None:
+            try:
+                self.path.rmdir()
+            except OSError as exc:
+                print(f"bench: could not remove {self.path}: {exc}", file=sys.stderr)
+            self.path = None
 
 
 def setns(fd: int) -> None:
@@ -171,22 +263,25 @@ class Mode:
         self.name = name
         self.tmp = tmp / name
         self.tmp.mkdir()
-        self.bin_dir = REFERENCE if name == "go" else bin_dir
+        self.go = name in GO_MODES
+        self.bin_dir = bin_dir
         self.nss = nss
         self.args = args
         self.node = nss.create("node")
         self.node_fd = os.open(path_of(self.node), os.O_RDONLY | os.O_CLOEXEC)
         self.data_dir = self.tmp / "ipam"
-        self.plugin = "bridge" if name == "go" else "pycni"
-        self.ipam = "host-local" if name == "go" else "pycni-host-local"
+        self.plugin = "bridge" if self.go else "pycni"
+        self.ipam = "host-local" if self.go else "pycni-host-local"
         self.socket = self.tmp / "run" / "pycni.sock"  # only the warm mode starts a daemon there
         self.daemon: subprocess.Popen | None = None
+        self.daemon_meter: CpuMeter | None = None
         self.count = 0
         self.pods: list[str] = []
         self.rss: list[int] = []
         self.rss_add: list[int] = []  # KiB, wait4's ru_maxrss of each timed ADD exec
         self.results: dict[str, dict] = {}
         self.samples: dict[str, list[float]] = {}
+        self.cpu: dict[str, list[float]] = {}  # CPU seconds per exec; "daemon ..." keys: the daemon's
         conf_dir = self.tmp / "netconf"
         conf_dir.mkdir()
         (conf_dir / "10-bench.conf").write_text(json.dumps(self.conf()))
@@ -204,7 +299,7 @@ class Mode:
             env["CNI_CONTAINERID"] = cid
         if netns:
             env["CNI_NETNS"] = netns
-        if self.name != "go":
+        if not self.go:
             # cold: the shim looks for a daemon and finds none; warm: it finds this run's daemon
             env["PYCNI_SOCKET"] = str(self.socket)
         return env
@@ -226,17 +321,22 @@ class Mode:
         self.count += 1
         return f"bench-{self.name}-{self.count:05d}"
 
-    def record(self, key: str, seconds: float) -> None:
+    def record(self, key: str, seconds: float, cpu: float | None = None) -> None:
         self.samples.setdefault(key, []).append(seconds)
+        if cpu is not None:
+            self.cpu.setdefault(key, []).append(cpu)
 
     # -- the daemon ---------------------------------------------------------------------------------
 
     def start_daemon(self) -> None:
         self.socket.parent.mkdir(mode=0o700)
+        meter = CpuMeter(f"pycni-bench-{self.nss.tag}-{self.name}")
         with open(self.tmp / "daemon.log", "wb") as log:
-            self.daemon = subprocess.Popen([str(self.bin_dir / "pycni"), "daemon", "--socket", str(self.socket),
-                                            "--cni-path", str(self.bin_dir)],
+            self.daemon = subprocess.Popen(meter.wrap([str(self.bin_dir / "pycni"), "daemon", "--socket", str(self.socket),
+                                                       "--cni-path", str(self.bin_dir)]),
                                            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+        meter.pid = self.daemon.pid
+        self.daemon_meter = meter
         sel = selectors.DefaultSelector()
         assert self.daemon.stdout is not None
         sel.register(self.daemon.stdout, selectors.EVENT_READ)
@@ -246,6 +346,10 @@ class Mode:
         sel.close()
         if not line.startswith("ready"):
             raise RuntimeError(f"the pycni daemon failed to start: {line!r}, see {self.tmp / 'daemon.log'}")
+
+    def daemon_cpu(self) -> float:
+        """CPU seconds (user + system) used so far by the daemon and everything under it."""
+        return self.daemon_meter.seconds() if self.daemon_meter is not None else 0.0
 
     def daemon_memory(self) -> dict:
         if self.daemon is None:
@@ -268,6 +372,8 @@ class Mode:
                 self.daemon.wait()
         if self.daemon is not None and self.daemon.stdout is not None:
             self.daemon.stdout.close()
+        if self.daemon_meter is not None:
+            self.daemon_meter.remove()
 
     # -- the measurements ---------------------------------------------------------------------------
 
@@ -281,30 +387,53 @@ class Mode:
         conf = self.conf()
         for i in range(warmup + rounds):
             netns, cid = self.pod(), self.cid()
+            d0 = self.daemon_cpu()
             add = self.plugin_run("ADD", conf, cid, netns)
+            d1 = self.daemon_cpu()
             check_conf = dict(conf, prevResult=json.loads(add.stdout))
             check = self.plugin_run("CHECK", check_conf, cid, netns)
+            d2 = self.daemon_cpu()
             delete = self.plugin_run("DEL", conf, cid, netns)
+            d3 = self.daemon_cpu()
             if i >= warmup:
-                self.record("ADD", add.seconds)
-                self.record("CHECK", check.seconds)
-                self.record("DEL", delete.seconds)
-                self.record("ADD+DEL", add.seconds + delete.seconds)
+                self.record("ADD", add.seconds, add.cpu)
+                self.record("CHECK", check.seconds, check.cpu)
+                self.record("DEL", delete.seconds, delete.cpu)
+                self.record("ADD+DEL", add.seconds + delete.seconds, add.cpu + delete.cpu)
                 self.rss_add.append(add.maxrss_kib)
+                if self.daemon is not None:
+                    self.cpu.setdefault("daemon ADD", []).append(d1 - d0)
+                    self.cpu.setdefault("daemon DEL", []).append(d3 - d2)
+
+    def cold_stages(self, rounds: int) -> None:
+        """Cold only: where the CPU of an exec'd ADD and DEL goes, stage by stage (bench/coldpath.py)."""
+        python = (self.bin_dir / "pycni").read_text().splitlines()[0][2:].split()[0]  # the launcher's interpreter
+        conf, runs = self.conf(), {"ADD": [], "DEL": []}
+        for _ in range(rounds):
+            netns, cid = self.pod(), self.cid()
+            for verb in ("ADD", "DEL"):
+                run = execute([python, "-I", "-c", coldpath.SCRIPT], self.env(verb, cid, netns), json.dumps(conf).encode())
+                stages = coldpath.parse(run.stderr)
+                if run.status != 0 or stages is None:
+                    raise RuntimeError(f"cold {verb} by stage failed ({run.status}): {run.stderr[-1500:]!r}")
+                runs[verb].append(stages)
+        self.results["cold by stage"] = {verb: coldpath.median_stages(r) for verb, r in runs.items()}
 
     def simple(self, rounds: int) -> None:
         for _ in range(rounds):
-            self.record("VERSION", self.plugin_run("VERSION", {"cniVersion": "1.0.0"}).seconds)
-        if self.name != "go":  # STATUS is CNI 1.1; Debian's reference plugins (1.1.1) predate it
+            run = self.plugin_run("VERSION", {"cniVersion": "1.0.0"})
+            self.record("VERSION", run.seconds, run.cpu)
+        if self.name != "go-debian":  # STATUS is CNI 1.1; Debian's reference plugins (1.1.1) predate it
             for _ in range(rounds):
-                self.record("STATUS", self.plugin_run("STATUS", self.conf("1.1.0")).seconds)
+                run = self.plugin_run("STATUS", self.conf("1.1.0"))
+                self.record("STATUS", run.seconds, run.cpu)
 
     def libcni(self, rounds: int) -> None:
         if not CNITOOL.exists():
             return
         base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_PATH": str(self.bin_dir),
                 "NETCONFPATH": str(self.conf_dir), "CNI_CACHE_DIR": str(self.tmp / "cache")}
-        if self.name != "go":
+        if not self.go:
             base["PYCNI_SOCKET"] = str(self.socket)
         for _ in range(rounds):
             run = execute([str(CNITOOL), "version", self.plugin], base)
@@ -340,7 +469,7 @@ class Mode:
                 assert ipaddress.ip_address(ip) == first + n, (ip, n)  # it did skip every held lease
                 self.plugin_run("DEL", conf, cid, netns)
                 if i:
-                    self.record(f"ADD, {n} leases held", add.seconds)
+                    self.record(f"ADD, {n} leases held", add.seconds, add.cpu)
         for path in made:
             path.unlink()
 
@@ -353,11 +482,14 @@ class Mode:
             return self.plugin_run(command, conf, cids[i], spaces[i])
 
         for command in ("ADD", "DEL"):
+            daemon_before = self.daemon_cpu()
             start = time.perf_counter()
             with concurrent.futures.ThreadPoolExecutor(concurrency, initializer=self.enter) as pool:
                 runs = list(pool.map(lambda i, c=command: one(c, i), range(pods)))
             wall = time.perf_counter() - start
+            cpu = sum(r.cpu for r in runs) + self.daemon_cpu() - daemon_before  # execs + daemon, per pod
             self.results[f"burst {command}"] = {"pods": pods, "concurrency": concurrency, "wall_s": round(wall, 3),
+                                                "cpu_per_pod_ms": round(cpu / pods * 1000, 2),
                                                 **{k: v for k, v in summary([r.seconds for r in runs]).items()}}
         for netns in spaces:
             self.nss.delete(Path(netns).name)
@@ -365,6 +497,8 @@ class Mode:
     def finish(self) -> None:
         for key, samples in self.samples.items():
             self.results[key] = summary(samples)
+        for key, samples in self.cpu.items():
+            self.results.setdefault(key, {})["cpu"] = summary(samples)
         if self.rss_add:
             self.results["peak RSS (ADD exec)"] = {"n": len(self.rss_add),
                                                    "p50_mb": round(pct(self.rss_add, 0.5) / 1024, 1),
@@ -410,28 +544,37 @@ def build_native(tmp: Path, bin_dir: Path) -> Path | None:
 
 ROWS = ["ADD", "CHECK", "DEL", "ADD+DEL", "STATUS", "VERSION", "VERSION via libcni", "ADD via libcni",
         "DEL via libcni"]
+CPU_ROWS = ["ADD", "DEL", "ADD+DEL", "VERSION", "ADD, 0 leases held", "ADD, 1000 leases held"]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
 
 
 def table(report: dict) -> str:
+    """Wall time (p50 / p95) of every row, then CPU time, each with its ratio to the Go reference."""
     res = report["results"]
     lease_rows = sorted({k for m in MODES for k in res.get(m, {}) if k.startswith("ADD, ")},
                         key=lambda k: int(k.split()[1]))
     lines = []
     shown = [m for m in MODES if m in res]
     others = [m for m in shown if m != "go"]
-    head = f"{'ms (p50 / p95)':<26}" + "".join(f"{m:>16}" for m in shown) + "".join(f"{m + '/go':>11}" for m in others)
+    head = f"{'wall ms (p50 / p95)':<26}" + "".join(f"{m:>16}" for m in shown) + "".join(f"{m + '/go':>13}" for m in others)
     lines += [head, "-" * len(head)]
 
     def cell(m: str, key: str) -> str:
         r = res.get(m, {}).get(key)
-        return f"{r['p50']:>7.1f} /{r['p95']:>6.1f}" if r else f"{'n/a':>14}"
+        return f"{r['p50']:>7.1f} /{r['p95']:>6.1f}" if r and "p50" in r else f"{'n/a':>14}"
 
-    def ratio(m: str, key: str) -> str:
+    def ratio(m: str, key: str, field: str = "p50", sub: str | None = None) -> str:
         a, b = res.get(m, {}).get(key), res.get("go", {}).get(key)
-        return f"{a['p50'] / b['p50']:>10.2f}x" if a and b and b["p50"] else f"{'n/a':>11}"
+        if sub:
+            a, b = (a or {}).get(sub), (b or {}).get(sub)
+        value = _ratio((a or {}).get(field), (b or {}).get(field))
+        return f"{value:>12.2f}x" if value is not None else f"{'n/a':>13}"
 
     for key in ROWS + lease_rows:
-        if not any(key in res.get(m, {}) for m in shown):
+        if not any("p50" in res.get(m, {}).get(key, {}) for m in shown):
             continue
         lines.append(f"{key:<26}" + "".join(f"{cell(m, key):>16}" for m in shown) + "".join(ratio(m, key) for m in others))
     for verb in ("ADD", "DEL"):
@@ -442,17 +585,130 @@ def table(report: dict) -> str:
         title = f"burst {verb} {any_r['pods']}@{any_r['concurrency']}"
         lines.append(f"{title + ' wall s':<26}" + "".join(
             f"{res[m][key]['wall_s']:>16.2f}" if key in res.get(m, {}) else f"{'n/a':>16}" for m in shown)
-            + "".join(f"{res[m][key]['wall_s'] / res['go'][key]['wall_s']:>10.2f}x" if key in res.get(m, {})
-                      and key in res.get("go", {}) else f"{'n/a':>11}" for m in others))
+            + "".join(ratio(m, key, "wall_s") for m in others))
         lines.append(f"{'  per ' + verb + ' p50 / p95':<26}" + "".join(f"{cell(m, key):>16}" for m in shown)
                      + "".join(ratio(m, key) for m in others))
+        lines.append(f"{'  CPU per pod ms':<26}" + "".join(
+            f"{res[m][key]['cpu_per_pod_ms']:>16.1f}" if key in res.get(m, {}) else f"{'n/a':>16}" for m in shown)
+            + "".join(ratio(m, key, "cpu_per_pod_ms") for m in others))
     rss = "peak RSS (ADD exec)"
     lines.append(f"{'peak RSS per ADD exec MB':<26}" + "".join(
         f"{res[m][rss]['max_mb']:>16.1f}" if rss in res.get(m, {}) else f"{'n/a':>16}" for m in shown))
     lines.append(f"{'daemon RSS / peak MB':<26}" + "".join(
         f"{res[m]['daemon memory']['rss_mb']:>9.1f} /{res[m]['daemon memory']['peak_mb']:>5.1f}"
         if "daemon memory" in res.get(m, {}) else f"{'':>16}" for m in shown))
+    head = f"{'CPU ms of one exec':<26}" + "".join(f"{m:>16}" for m in shown) + "".join(f"{m + '/go':>13}" for m in others)
+    lines += ["", head, "-" * len(head)]
+
+    def cpu_cell(m: str, key: str) -> str:
+        r = res.get(m, {}).get(key, {}).get("cpu")
+        return f"{r['p50']:>7.1f} /{r['p95']:>6.1f}" if r else f"{'':>14}"
+
+    for key in CPU_ROWS:
+        if any("cpu" in res.get(m, {}).get(key, {}) for m in shown):
+            lines.append(f"{key.replace(' held', ''):<26}" + "".join(f"{cpu_cell(m, key):>16}" for m in shown)
+                         + "".join(ratio(m, key, sub="cpu") for m in others))
+    for key in ("daemon ADD", "daemon DEL"):
+        if any(key in res.get(m, {}) for m in shown):
+            lines.append(f"{key.replace('daemon', 'the daemon, per'):<26}" + "".join(f"{cpu_cell(m, key):>16}" for m in shown))
+    if "cold by stage" in res.get("cold", {}):
+        lines += ["", coldpath.text(res["cold"]["cold by stage"])]
     return "\n".join(lines)
+
+
+def _p50(res: dict, mode: str, key: str, field: str = "p50", sub: str | None = None) -> float | None:
+    row = res.get(mode, {}).get(key) or {}
+    if sub:
+        row = row.get(sub) or {}
+    return row.get(field)
+
+
+def targets(res: dict) -> list[dict]:
+    """Issue 13's targets (p50, one run, same machine, against the Go reference of this run)."""
+    out = []
+
+    def target(name: str, value: float | None, limit: float, unit: str = "x") -> None:
+        out.append({"target": name, "value": value, "limit": limit, "unit": unit,
+                    "met": None if value is None else value <= limit})
+
+    for mode in ("warm", "native"):
+        target(f"{mode} ADD+DEL vs go", _ratio(_p50(res, mode, "ADD+DEL"), _p50(res, "go", "ADD+DEL")), 0.7)
+    target("cold ADD vs go", _ratio(_p50(res, "cold", "ADD"), _p50(res, "go", "ADD")), 10.0)
+    target("cold ADD vs go, CPU", _ratio(_p50(res, "cold", "ADD", sub="cpu"), _p50(res, "go", "ADD", sub="cpu")), 10.0)
+    for mode in ("warm", "native"):
+        target(f"{mode} burst ADD wall vs go", _ratio(_p50(res, mode, "burst ADD", "wall_s"),
+                                                      _p50(res, "go", "burst ADD", "wall_s")), 1.0)
+    for mode in ("cold", "warm", "native"):
+        target(f"{mode} ADD at 1000 leases vs 0", _ratio(_p50(res, mode, "ADD, 1000 leases held"),
+                                                         _p50(res, mode, "ADD, 0 leases held")), 1.1)
+    for mode in ("warm", "native"):
+        target(f"{mode} daemon CPU per ADD", _p50(res, mode, "daemon ADD", sub="cpu"), 3.0, " ms")
+    return [t for t in out if t["value"] is not None]
+
+
+def targets_text(rows: list[dict]) -> str:
+    return "\n".join(f"{t['target']:<34} {t['value']:>8.2f}{t['unit']:<3} (target <= {t['limit']:g}{t['unit'].strip()}): "
+                     f"{'met' if t['met'] else 'NOT MET'}" for t in rows)
+
+
+def _first_line(path: str, prefix: str) -> str:
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith(prefix):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def python_build(python: str) -> dict:
+    """The interpreter the launchers run: version, executable, shared libpython or not."""
+    code = ("import json, os, sys, sysconfig; print(json.dumps({'version': sys.version, 'executable': "
+            "os.path.realpath(sys.executable), 'shared_libpython': bool(sysconfig.get_config_var('Py_ENABLE_SHARED')), "
+            "'implementation': sys.implementation.name}))")
+    proc = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True, check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr[-300:]}
+
+
+def machine(python: str) -> dict:
+    with open("/proc/meminfo") as fh:
+        mem_kib = int(fh.readline().split()[1])
+    ref_version = (REFERENCE / "VERSION").read_text().strip() if (REFERENCE / "VERSION").exists() else "?"
+    debian = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "containernetworking-plugins"],
+                            capture_output=True, text=True, check=False).stdout.strip()
+    return {"cpu_model": _first_line("/proc/cpuinfo", "model name"), "cpus": os.cpu_count(),
+            "memory_gib": round(mem_kib / 2**20, 1), "kernel": platform.release(), "python": python_build(python),
+            "go_reference": f"containernetworking/plugins {ref_version} ({REFERENCE.relative_to(ROOT)})",
+            "go_debian": f"containernetworking-plugins {debian} ({DEBIAN_REFERENCE})" if debian else "not installed"}
+
+
+def markdown(report: dict) -> str:
+    meta, m = report["meta"], report["meta"]["machine"]
+    py = m["python"]
+    lines = [(f"`make bench` of {meta['date']} (commit {meta['git']}, {meta['rounds']} rounds, {meta['seconds']} s, "
+             f"launchers: {meta['launchers']}{', quick run' if meta['quick'] else ''}):"),
+             "",
+             f"* machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, kernel {m['kernel']}",
+             (f"* Python: {py.get('version', '?').split()[0]} ({py.get('executable', '?')}, "
+             f"{'shared' if py.get('shared_libpython') else 'static'} libpython)"),
+             f"* Go reference: {m['go_reference']}; second column: {m['go_debian']}",
+             (f"* load average (1/5/15 min) before {' / '.join(map(str, meta['load_before']))}, "
+             f"after {' / '.join(map(str, meta['load_after']))}"),
+             *([] if meta["load_before"][0] < QUIET_LOAD else [
+                 "", (f"**Load average {meta['load_before'][0]} at the start: other work was running, so these numbers "
+                      "are disturbed by it (CPU times less so than wall times); the targets are judged on a quiet run.**")]),
+             "", "```", report["table_text"], "```", "", "Targets of issue 13 (p50, against `go` of the same run):", "",
+             "```", targets_text(report["targets"]), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def update_docs(text: str) -> None:
+    doc = DOCS.read_text()
+    start, end = doc.find(DOCS_BEGIN), doc.find(DOCS_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{DOCS}: no {DOCS_BEGIN} ... {DOCS_END} block")
+    DOCS.write_text(doc[:start + len(DOCS_BEGIN)] + "\n" + text + doc[end:])
 
 
 def main() -> int:
@@ -462,9 +718,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="rounds per measurement (default 30, quick 3)")
     parser.add_argument("--burst", type=int, help="pods in the burst (default 100, quick 8)")
     parser.add_argument("--concurrency", type=int, help="parallel ADDs in the burst (default 10, quick 4)")
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of go,cold,warm")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     parser.add_argument("--json", type=Path, default=OUT_DIR / "latest.json", help="where to write the results")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (not the namespaces)")
+    parser.add_argument("--update-docs", action="store_true",
+                        help=f"put the Markdown report into {DOCS.relative_to(ROOT)} (between the bench markers)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench.py needs root (network namespaces)", file=sys.stderr)
@@ -476,6 +734,11 @@ def main() -> int:
     modes = [m for m in args.modes.split(",") if m]
     if set(modes) - set(MODES):
         parser.error(f"unknown mode in {args.modes!r}")
+    if "go" in modes and not (REFERENCE / "bridge").exists():
+        parser.error(f"no Go reference in {REFERENCE}: run `make build` first")
+    if "go-debian" in modes and not (DEBIAN_REFERENCE / "bridge").exists():
+        print(f"no {DEBIAN_REFERENCE}/bridge: skipping the go-debian column", file=sys.stderr)
+        modes.remove("go-debian")
 
     load_before = os.getloadavg()
     started = time.time()
@@ -485,14 +748,17 @@ def main() -> int:
     home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     active: list[Mode] = []
     report: dict = {"results": {}}
+    machine_record: dict = {}
     try:
         bin_dir = install(tmp, args.quick and not args.install)
+        machine_record = machine((bin_dir / "pycni").read_text().splitlines()[0][2:].split()[0])
         native_dir = build_native(tmp, bin_dir) if "native" in modes else None
         if "native" in modes and native_dir is None:
             print("no C compiler: skipping the native mode", file=sys.stderr)
             modes.remove("native")
+        dirs = {"go": REFERENCE, "go-debian": DEBIAN_REFERENCE, "native": native_dir}
         for name in modes:
-            mode = Mode(name, tmp, native_dir if name == "native" else bin_dir, nss, args)
+            mode = Mode(name, tmp, dirs.get(name) or bin_dir, nss, args)
             active.append(mode)
             mode.enter()
             try:
@@ -501,6 +767,12 @@ def main() -> int:
                 print(f"[{name}] cycles", file=sys.stderr, flush=True)
                 mode.cycles(rounds)
                 mode.simple(rounds)
+                if name == "cold":
+                    mode.cold_stages(max(3, rounds // 3))
+                if name == "go-debian":  # the second Go column: the basic verbs only
+                    mode.finish()
+                    report["results"][name] = mode.results
+                    continue
                 print(f"[{name}] libcni", file=sys.stderr, flush=True)
                 mode.libcni(max(3, rounds // 2))
                 print(f"[{name}] leases", file=sys.stderr, flush=True)
@@ -529,6 +801,7 @@ def main() -> int:
         "seconds": round(time.time() - started, 1), "quick": args.quick, "rounds": rounds,
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+        "machine": machine_record, "tag": tag,  # in the names of its namespaces and cgroups
         "git": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=False).stdout.strip()
         + ("+dirty" if subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
@@ -537,16 +810,29 @@ def main() -> int:
     }
     text = table(report)
     report["table"] = text.splitlines()
+    report["targets"] = targets(report["results"])
+    report["table_text"] = text
+    md = markdown(report)
+    del report["table_text"]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1) + "\n")
+    args.json.with_suffix(".md").write_text(md)
     if args.json == OUT_DIR / "latest.json" and not args.quick:
         stamp = report["meta"]["date"].replace(":", "").replace("+0000", "Z")
         (OUT_DIR / f"bench-{stamp}.json").write_text(json.dumps(report, indent=1) + "\n")
-    meta = report["meta"]
-    print(f"pycni benchmark {meta['date']} ({meta['seconds']} s, {meta['cpus']} CPUs, load average "
-          f"{meta['load_before'][0]} before / {meta['load_after'][0]} after, launchers: {meta['launchers']})")
+    if args.update_docs:
+        update_docs(md)
+    meta, m = report["meta"], report["meta"]["machine"]
+    print(f"pycni benchmark {meta['date']} ({meta['seconds']} s, launchers: {meta['launchers']})")
+    print(f"machine: {m['cpu_model']}, {m['cpus']} CPUs, kernel {m['kernel']}; Python "
+          f"{m['python'].get('version', '?').split()[0]} {m['python'].get('executable', '?')} "
+          f"({'shared' if m['python'].get('shared_libpython') else 'static'} libpython); load average "
+          f"{meta['load_before']} before / {meta['load_after']} after")
+    print(f"Go reference: {m['go_reference']}; second column: {m['go_debian']}")
     print(text)
-    print(f"JSON: {args.json}")
+    print()
+    print(targets_text(report["targets"]))
+    print(f"JSON: {args.json}, Markdown: {args.json.with_suffix('.md')}")
     return 0
 
 

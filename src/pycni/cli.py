@@ -33,6 +33,7 @@ SUBCOMMANDS = {"daemon": "pycni.daemon.server:main", "agent": "pycni.agent.main:
                "leases": "pycni.inspect.leases:main", "status": "pycni.inspect.status:main",
                "gc": "pycni.inspect.gc_preview:main", "netpol": "pycni.agent.netpol_main:main"}
 
+PYDANTIC_PLUGINS_ENV = "PYDANTIC_DISABLE_PLUGINS"
 MAX_STDIN = 1 << 20  # = spec.env.MAX_CONFIG_BYTES = daemon.wire.MAX_STDIN (tests keep them equal; neither is imported here)
 
 
@@ -211,7 +212,7 @@ def _main(plugin: str, handoff: bool = True) -> None:
         from .daemon import client, spool
 
         spool.record(client.socket_path(environ), plugin, environ.get("CNI_COMMAND", ""), "shim")
-    _lean_imports()
+    disable_pydantic_plugins()
     real_stdout = sys.stdout
     sys.stdout = sys.stderr  # nothing but the final document may reach stdout
     status, text = run(plugin, environ, stdin)
@@ -226,19 +227,14 @@ def _finish(status: int, text: str) -> None:
     sys.exit(status)
 
 
-def _lean_imports() -> None:
-    """Cold path only: pydantic's plugin loader imports importlib.metadata and scans every installed
-    distribution's entry points (~20 ms) to find pydantic plugins, which pycni does not use. Unless
-    the operator asked for plugins (PYDANTIC_DISABLE_PLUGINS set to anything), a one-function stand-in
-    that finds none is installed first. (The daemon pays this once; it does not need the shortcut.)"""
-    name = "pydantic.plugin._loader"
-    if name in sys.modules or "PYDANTIC_DISABLE_PLUGINS" in os.environ:
-        return
-    import types
-
-    loader = types.ModuleType(name, "pycni: no pydantic plugins in the exec'd plugin (see pycni.cli)")
-    loader.get_plugins = lambda: ()  # type: ignore[attr-defined]
-    sys.modules[name] = loader
+def disable_pydantic_plugins() -> None:
+    """Cold path only: pydantic looks for plugins among the entry points of every installed
+    distribution (importlib.metadata) the first time it builds a model; pycni uses none.
+    PYDANTIC_DISABLE_PLUGINS=__all__ is pydantic's own switch for that ("Disabling plugins" in its
+    plugin documentation). An operator who set the variable keeps their value. Set after the
+    request's environment was copied, so a delegated plugin gets the runtime's environment as it was.
+    (The daemon scans once at start; it does not need this.)"""
+    os.environ.setdefault(PYDANTIC_PLUGINS_ENV, "__all__")
 
 
 def _subcommand(args: list[str]) -> int:

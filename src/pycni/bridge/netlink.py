@@ -5,7 +5,7 @@ Everything here is about talking to the kernel, not about what is asked of it (t
 - the pyroute2 handle of the namespace the plugin runs in ("node"): one per thread, opened lazily
   (`node()`), because the daemon serves requests concurrently; `close()` drops this thread's;
 - pyroute2 is imported lazily, so VERSION, STATUS and a DEL whose links are already gone never pay
-  its import cost, and only its rtnetlink modules, not the package's __init__ (see `_lean_pyroute2`);
+  its import cost;
 - the one raw rtnetlink client (`raw_get_link`): RTM_GETLINK by name, decoded here into a `Link`,
   used for every link lookup (cheaper than pyroute2, which decodes every attribute) and by STATUS;
 - `kernel(what)`: every netlink or OS failure becomes CNIError code 101 (pycni's "kernel operation
@@ -19,7 +19,6 @@ import errno
 import os
 import socket
 import struct
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,57 +63,10 @@ def kernel(what: str) -> Iterator[None]:
         raise CNIError(KERNEL, f"failed to {what}", detail or type(exc).__name__) from None
 
 
-
-def _lean_pyroute2() -> None:
-    """Import pyroute2's submodules without running its package __init__.
-
-    `pyroute2/__init__.py` (0.9) imports every module of the library - NDB, IPDB, conntrack, nftables,
-    wireguard, plan9, ... - about 120 ms; the rtnetlink client alone (`pyroute2.iproute.linux`) is
-    about 75 ms. Before the first pyroute2 import, the package is registered as a bare package object
-    (same __path__ and __spec__) so that importing a submodule finds it and skips __init__. Anyone
-    who later asks it for something __init__ defines (`from pyroute2 import NDB`) gets the real
-    __init__ run then, by the module-level __getattr__ (PEP 562): nothing changes for other users.
-    """
-    if "pyroute2" in sys.modules:
-        return
-    import importlib.util
-    import types
-
-    spec = importlib.util.find_spec("pyroute2")
-    if spec is None or spec.loader is None or not spec.submodule_search_locations:
-        return  # let the plain import report it
-    package = types.ModuleType("pyroute2")
-    package.__spec__ = spec
-    package.__path__ = list(spec.submodule_search_locations)
-    package.__file__ = spec.origin
-    package.__loader__ = spec.loader
-    package.__package__ = "pyroute2"
-    state = {"loaded": False}
-
-    def __getattr__(name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        try:  # `from pyroute2 import config` inside pyroute2: a submodule, no need for __init__
-            return importlib.import_module(f"pyroute2.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"pyroute2.{name}":
-                raise
-        if not state["loaded"]:
-            state["loaded"] = True
-            spec.loader.exec_module(package)  # the real __init__, into this module object
-            if name in package.__dict__:
-                return package.__dict__[name]
-        raise AttributeError(f"module 'pyroute2' has no attribute {name!r}")
-
-    package.__getattr__ = __getattr__  # type: ignore[attr-defined]
-    sys.modules["pyroute2"] = package
-
-
-
 def iproute_class() -> Any:
-    """pyroute2's IPRoute class (imported on first use)."""
-    _lean_pyroute2()
-    from pyroute2.iproute.linux import IPRoute
+    """pyroute2's IPRoute class (imported on first use, by its public name: the package's __init__
+    imports the whole library, ~100 ms of a cold ADD - docs/performance.md)."""
+    from pyroute2 import IPRoute
 
     return IPRoute
 
@@ -127,8 +79,7 @@ def iproute() -> Any:
 def errors() -> tuple[type[BaseException], ...]:
     """What the kernel answers a failed request with: pyroute2's NetlinkError (not an OSError: it
     carries the errno in `code`) and OSError (the socket itself failed)."""
-    _lean_pyroute2()
-    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2 import NetlinkError
 
     return (NetlinkError, OSError)
 
@@ -156,7 +107,6 @@ def close() -> None:
     if ipr is not None:
         with contextlib.suppress(*errors()):
             ipr.close()
-
 
 
 def is_node(ipr: Any) -> bool:
