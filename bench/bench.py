@@ -352,14 +352,27 @@ class Mode:
         return self.daemon_meter.seconds() if self.daemon_meter is not None else 0.0
 
     def daemon_memory(self) -> dict:
+        """KiB: VmHWM of the daemon's main process, and Pss of all its processes (main, zygote, worker
+        processes: the pages they share counted once, split between them)."""
         if self.daemon is None:
             return {}
-        out = {}
+        out = {"Pss": 0}
         with open(f"/proc/{self.daemon.pid}/status") as fh:
             for line in fh:
                 key, _, value = line.partition(":")
-                if key in ("VmHWM", "VmRSS"):
+                if key == "VmHWM":
                     out[key] = int(value.split()[0])
+        todo = [self.daemon.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                with open(f"/proc/{pid}/smaps_rollup") as fh:
+                    out["Pss"] += next(int(line.split()[1]) for line in fh if line.startswith("Pss:"))
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{task}/children") as fh:
+                        todo.extend(int(child) for child in fh.read().split())
+            except (OSError, StopIteration):
+                continue
         return out
 
     def stop_daemon(self) -> None:
@@ -505,7 +518,7 @@ class Mode:
                                                    "max_mb": round(max(self.rss_add) / 1024, 1)}
         if self.daemon is not None:
             mem = self.daemon_memory()
-            self.results["daemon memory"] = {"rss_mb": round(mem.get("VmRSS", 0) / 1024, 1),
+            self.results["daemon memory"] = {"pss_mb": round(mem.get("Pss", 0) / 1024, 1),
                                              "peak_mb": round(mem.get("VmHWM", 0) / 1024, 1)}
 
 
@@ -594,8 +607,8 @@ def table(report: dict) -> str:
     rss = "peak RSS (ADD exec)"
     lines.append(f"{'peak RSS per ADD exec MB':<26}" + "".join(
         f"{res[m][rss]['max_mb']:>16.1f}" if rss in res.get(m, {}) else f"{'n/a':>16}" for m in shown))
-    lines.append(f"{'daemon RSS / peak MB':<26}" + "".join(
-        f"{res[m]['daemon memory']['rss_mb']:>9.1f} /{res[m]['daemon memory']['peak_mb']:>5.1f}"
+    lines.append(f"{'daemon PSS / main peak MB':<26}" + "".join(
+        f"{res[m]['daemon memory']['pss_mb']:>9.1f} /{res[m]['daemon memory']['peak_mb']:>5.1f}"
         if "daemon memory" in res.get(m, {}) else f"{'':>16}" for m in shown))
     head = f"{'CPU ms of one exec':<26}" + "".join(f"{m:>16}" for m in shown) + "".join(f"{m + '/go':>13}" for m in others)
     lines += ["", head, "-" * len(head)]

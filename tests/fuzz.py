@@ -5,7 +5,7 @@ changed store is a failure".
 
 Targets (`fuzz.py TARGET [libFuzzer flags...]`, e.g. `-max_total_time=600`):
 
-  protocol  cli.run() on an environment and a stdin built from the input, for both plugins and every
+  protocol  runner.run() on an environment and a stdin built from the input, for both plugins and every
             verb, with the verbs replaced by what they decode and validate before touching anything
             (configuration, prevResult, IPAM ranges and requested addresses, GC lists, CNI_ARGS) - so
             the whole decoding path runs, nothing else; plus the daemon's request decoding. Must hold:
@@ -148,7 +148,7 @@ def _decode_only_verbs() -> None:
 def protocol_one(data: bytes) -> None:
     import io
 
-    from pycni import cli
+    from pycni import runner
     from pycni.daemon.wire import Refused, check_request
 
     head, _, stdin = data.partition(b"\n")
@@ -172,7 +172,7 @@ def protocol_one(data: bytes) -> None:
         if value and "\x00" not in text:
             environ[name] = text
     logs = io.StringIO()
-    status, text = cli.run(plugin, environ, stdin, stderr=logs)
+    status, text = runner.run(plugin, environ, stdin, stderr=logs)
     check_answer(status, text, logs.getvalue())
 
 
@@ -243,11 +243,23 @@ def _is_repair(name: str, before: dict, after: dict) -> bool:
     return isinstance(old, bytes) and not old.strip() and (name not in after or isinstance(after.get(name), bytes))
 
 
+_LEASES = []
+
+
+def _lease_cache():
+    """One lease cache for the whole run, as a daemon worker keeps one for its life."""
+    from pycni.ipam.store import LeaseCache
+
+    if not _LEASES:
+        _LEASES.append(LeaseCache())
+    return _LEASES[0]
+
+
 def store_one(data: bytes, work: Path) -> None:
     import io
 
-    from pycni import cli
-    from pycni.ipam import store
+    from pycni import runner
+    from pycni.context import Context
 
     head, _, body = data.partition(b"\n")
     fields = [f.decode("utf-8", "replace").replace("\x00", "") for f in head.split(FIELD_SEP)] + [""] * 6
@@ -258,7 +270,8 @@ def store_one(data: bytes, work: Path) -> None:
     victim.mkdir(parents=True)
     (victim / "secret").write_text("do not touch\n")
     _seed_store(netdir, body.split(b"\n"))
-    store._cache_enabled = cache == "1"
+    # "1": as in the daemon, with a lease cache that lives across inputs (pycni.context.Context)
+    context = Context(leases=_lease_cache()) if cache == "1" else None
     conf: dict = {"cniVersion": "1.1.0", "name": NET, "type": "pycni-host-local",
                   "ipam": {"type": "pycni-host-local", "dataDir": str(data_dir), "ranges": [[{"subnet": SUBNET}]]}}
     attachments = []
@@ -273,7 +286,7 @@ def store_one(data: bytes, work: Path) -> None:
         environ["CNI_ARGS"] = args
     before = snapshot(work)
     logs = io.StringIO()
-    status, text = cli.run("pycni-host-local", environ, json.dumps(conf).encode(), stderr=logs)
+    status, text = runner.run("pycni-host-local", environ, json.dumps(conf).encode(), stderr=logs, context=context)
     check_answer(status, text, logs.getvalue())
     after = snapshot(work)
     outside = {k for k in set(before) | set(after) if not k.startswith(f"ipam/{NET}/") and k != f"ipam/{NET}"}
@@ -319,10 +332,10 @@ def main(argv: list[str]) -> None:
     target = argv[1]
     with atheris.instrument_imports(include=["pycni"], enable_loader_override=False):
         import pycni.bridge.verbs
-        import pycni.cli
         import pycni.daemon.server
         import pycni.ipam.store
         import pycni.ipam.verbs
+        import pycni.runner
         import pycni.spec.result  # noqa: F401
     import logging
 

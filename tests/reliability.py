@@ -7,7 +7,7 @@ test_store_damage, test_exhaustion) and integration/stress.py. No pytest in here
 * `Plugin runs`: `run()` execs an executable the way a runtime does (in the node namespace, env +
   stdin, one JSON document back); `start()`/`finish()` let a caller SIGKILL it at a random time;
   `Worker` is a long-lived process in the node namespace that runs requests through
-  `pycni.cli.run` in-process (the path a daemon takes), so a storm can do thousands of operations.
+  `pycni.runner.run` in-process (the path a daemon takes), so a storm can do thousands of operations.
 * Snapshots of everything a plugin may leave behind: the node's links and addresses, its
   nftables/iptables rules, the lease store; `leases()` reads the store the way the plugin does.
 """
@@ -204,18 +204,18 @@ import json, os, sys
 reply = os.fdopen(os.dup(1), "w")
 os.dup2(2, 1)
 sys.stdout = sys.stderr
-from pycni import cli
+from pycni import runner
 import pycni.bridge.verbs, pycni.ipam.verbs, pycni.bridge.links
 reply.write("ready\n"); reply.flush()
 for line in sys.stdin:
     req = json.loads(line)
-    rc, text = cli.run(req["plugin"], req["env"], req["stdin"].encode())
+    rc, text = runner.run(req["plugin"], req["env"], req["stdin"].encode())
     reply.write(json.dumps({"rc": rc, "out": text}) + "\n"); reply.flush()
 """
 
 
 class Worker:
-    """A long-lived process in the node namespace running requests through pycni.cli.run in-process:
+    """A long-lived process in the node namespace running requests through pycni.runner.run in-process:
     the code path of a daemon, without an interpreter start per request. Can be SIGKILLed mid-request
     like an exec'd plugin (then it is restarted)."""
 

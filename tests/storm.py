@@ -4,7 +4,7 @@ invariant checks after every step (used by tests/test_concurrency.py and integra
 Every worker thread owns a few attachment slots: bridge slots (a pod namespace each, the pycni
 bridge) and lease-only slots (host-local alone, ifname net1). Each operation takes a route:
 
-  worker      pycni.cli.run in a long-lived process in the node namespace (the daemon's code path),
+  worker      pycni.runner.run in a long-lived process in the node namespace (the daemon's code path),
               in-process host-local                                                   spec 1.1.0
   exec        the `pycni` executable, in-process host-local                          spec 1.1.0
   ref-ipam    `pycni` (worker or exec) delegating to the reference /usr/lib/cni/host-local  1.0.0
@@ -41,7 +41,7 @@ from pathlib import Path
 import reliability as rel
 
 SUBNET = "10.66.0.0/24"
-IN_PROCESS = ("worker", "ref-ipam", "hl")  # routes run by a Worker (pycni.cli.run in-process)
+IN_PROCESS = ("worker", "ref-ipam", "hl")  # routes run by a Worker (pycni.runner.run in-process)
 NET = "storm"
 
 

@@ -143,6 +143,9 @@ class FakeStore:
                 out.append(Lease(addr, owner[0], owner[1]))
         return out
 
+    def held(self, family: int) -> set[int]:
+        return {int(addr) for addr, owner in self.files.items() if owner != "" and addr.version == family}
+
     def reserve(self, addr, container_id, ifname, range_id) -> bool:
         if addr in self.fail_on:
             raise CNIError(5, f"disk full writing {addr}")

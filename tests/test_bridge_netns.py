@@ -65,17 +65,17 @@ def test_add_result_shape_links_and_sysctls(env):
 
 
 def test_one_add_in_process(env):
-    """One ADD through cli.run inside an interpreter (the daemon's path); its speed is `make bench`'s."""
+    """One ADD through runner.run inside an interpreter (the daemon's path); its speed is `make bench`'s."""
     conf = env.conf()
     pod1, pod2 = env.pod(), env.pod()
     env.add(conf, pod1)  # bridge creation on the first one
     code = (
         "import json,os,sys,time\n"
-        "from pycni import cli\n"
+        "from pycni import runner\n"
         "import pycni.bridge.verbs, pycni.bridge.links\n"
         "import pyroute2\n"
         "env=json.loads(sys.argv[1]); data=sys.argv[2].encode()\n"
-        "t=time.perf_counter(); rc,out=cli.run('pycni', env, data); dt=time.perf_counter()-t\n"
+        "t=time.perf_counter(); rc,out=runner.run('pycni', env, data); dt=time.perf_counter()-t\n"
         "print(json.dumps({'rc':rc,'dt':dt,'out':out}))\n"
     )
     cenv = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": pod2.cid, "CNI_NETNS": pod2.path, "CNI_IFNAME": "eth0",
@@ -216,24 +216,30 @@ def test_result_versions(env, version):
         assert result["interfaces"][2]["mtu"] == 1450
 
 
-def test_get_link_asks_the_namespace_of_its_pod(env):
-    """links.get_link(name, pod) looks in the pod's namespace even when the calling thread is back in
-    the node's (it used to ask whichever namespace the thread happened to be in); without a pod, the
-    node's."""
+def test_get_link_asks_the_namespace_of_its_handles(env):
+    """links.get_link(nl, name) looks in the namespace of the handles it is given: a pod's (opened in
+    the pod, usable inside `with pod` only - outside is refused, not silently the node's) or the node's."""
     pod = env.pod()
     env.pod_cmd(pod, "ip", "link", "add", "onlyinpod", "type", "veth", "peer", "name", "onlyinpod1")
     code = (
         "import json, sys\n"
-        "from pycni.bridge import links, netns\n"
+        "from pycni.bridge import links, netlink, netns\n"
         "pod = netns.Pod(sys.argv[1])\n"
         "with pod:\n"
-        "    inside = links.get_link('onlyinpod', pod)\n"
-        "outside = links.get_link('onlyinpod', pod)\n"
-        "node = links.get_link('onlyinpod')\n"
+        "    inside = links.get_link(pod.nl, 'onlyinpod')\n"
+        "with pod:\n"
+        "    again = links.get_link(pod.nl, 'onlyinpod')  # the same socket, kept across `with` blocks\n"
+        "try:\n"
+        "    pod.nl\n"
+        "    refused = False\n"
+        "except RuntimeError:\n"
+        "    refused = True\n"
+        "with netlink.handles() as nl:\n"
+        "    node = links.get_link(nl, 'onlyinpod')\n"
         "pod.close()\n"
-        "print(json.dumps([link and link.kind for link in (inside, outside, node)]))\n"
+        "print(json.dumps([inside and inside.kind, again and again.kind, refused, node]))\n"
     )
-    assert json.loads(env.node_cmd(sys.executable, "-c", code, pod.path)) == ["veth", "veth", None]
+    assert json.loads(env.node_cmd(sys.executable, "-c", code, pod.path)) == ["veth", "veth", True, None]
 
 
 # -- options ---------------------------------------------------------------------------------------

@@ -319,12 +319,12 @@ def test_status_and_del_do_not_import_pyroute2(tmp_path):
 
     code = (
         "import sys, json\n"
-        "from pycni import cli\n"
+        "from pycni import runner\n"
         "raw = {'cniVersion': '1.1.0', 'name': 'net', 'type': 'pycni'}\n"
         "env = {'CNI_COMMAND': 'DEL', 'CNI_CONTAINERID': 'gone', 'CNI_IFNAME': 'eth0', 'CNI_PATH': '/nonexistent'}\n"
-        "rc, out = cli.run('pycni', env, json.dumps(raw).encode())\n"
+        "rc, out = runner.run('pycni', env, json.dumps(raw).encode())\n"
         "env = {'CNI_COMMAND': 'STATUS', 'CNI_PATH': '/nonexistent'}\n"
-        "rc2, out2 = cli.run('pycni', env, json.dumps(raw).encode())\n"
+        "rc2, out2 = runner.run('pycni', env, json.dumps(raw).encode())\n"
         "print(json.dumps([rc, out, rc2, out2, 'pyroute2' in sys.modules]))\n"
     )
     namespaces = Namespaces()

@@ -189,7 +189,7 @@ def test_benchmark_quick_run(tmp_path):
     assert "daemon ADD" not in report["results"]["cold"]
     if "go-debian" in report["results"]:  # Debian's 1.1.1 predates STATUS
         assert "STATUS" not in report["results"]["go-debian"] and "ADD" in report["results"]["go-debian"]
-    assert report["results"]["warm"]["daemon memory"]["rss_mb"] > 0
+    assert report["results"]["warm"]["daemon memory"]["pss_mb"] > 0
     machine = report["meta"]["machine"]
     assert machine["cpus"] == os.cpu_count() and machine["cpu_model"] and machine["kernel"]
     assert machine["python"]["executable"] and "shared_libpython" in machine["python"]
@@ -207,40 +207,70 @@ def test_benchmark_quick_run(tmp_path):
             assert not [p.name for p in parent.iterdir() if p.name.startswith(f"pycni-bench-{tag}-")], "a cgroup was left"
 
 
-def test_the_daemons_lease_view_sees_every_change(tmp_path, monkeypatch):
-    """store.enable_cache(): leases come from memory, kept current by inotify - including changes
+def test_the_daemons_lease_view_sees_every_change(tmp_path):
+    """store.LeaseCache: leases come from memory, kept current by inotify - including changes
     made behind the process's back (another plugin, the reference host-local, an operator)."""
     import shutil
 
     from pycni.ipam import allocator, store
     from pycni.ipam.ranges import Range, RangeSet
 
-    monkeypatch.setattr(store, "_cache_enabled", True)
-    monkeypatch.setattr(store, "_watches", {})
+    cache = store.LeaseCache()
     rs = RangeSet.build([Range.build("10.99.0.0/24")], where="t")
     net = tmp_path / "net"
     net.mkdir()
 
     def owners() -> dict[str, str | None]:
-        with store.DiskStore(str(tmp_path), "net") as st:
+        with store.DiskStore(str(tmp_path), "net", cache=cache) as st:
             return {str(lease.ip): lease.container_id for lease in st.leases()}
 
-    with store.DiskStore(str(tmp_path), "net") as st:
+    with store.DiskStore(str(tmp_path), "net", cache=cache) as st:
         ip = allocator.allocate([rs], [], st, "c1", "eth0")[0].address
     assert owners() == {"10.99.0.2": "c1"} and ip == "10.99.0.2/24"
-    assert store._watches, "no inotify watch was set up"
+    assert cache.watches, "no inotify watch was set up"
     (net / "10.99.0.9").write_text("foreign\r\neth0")  # a lease written by someone else
     (net / "10.99.0.2").unlink()
     (net / "10.99.0.2").write_text("c2\r\neth0")  # released and taken again by another container
     assert owners() == {"10.99.0.2": "c2", "10.99.0.9": "foreign"}
     (net / "10.99.0.9").write_text("")  # a crashed writer's empty file: reclaimed by the next ADD
-    with store.DiskStore(str(tmp_path), "net") as st:
+    with store.DiskStore(str(tmp_path), "net", cache=cache) as st:
         allocator.allocate([rs], [], st, "c3", "eth0")
     assert owners() == {"10.99.0.2": "c2", "10.99.0.3": "c3"}
     shutil.rmtree(net)  # the directory replaced: the watch dies, the next open rescans
     net.mkdir()
     (net / "10.99.0.7").write_text("c7\r\neth0")
     assert owners() == {"10.99.0.7": "c7"}
+    cache.close()
+
+
+def test_the_lease_cache_keeps_held_addresses_and_temporaries_in_step(tmp_path):
+    """What the allocator skips (store.held) and what the sweep removes (store.temporaries) come from the
+    cache's indexes, not from a walk over the directory: they must follow every change, ours or not."""
+    import ipaddress
+
+    from pycni.ipam import store
+
+    cache = store.LeaseCache()
+    net = tmp_path / "net"
+    net.mkdir()
+
+    def view() -> tuple[set[str], list[str]]:
+        with store.DiskStore(str(tmp_path), "net", cache=cache) as st:
+            held = {str(ipaddress.ip_address(v)) for v in st.held(4)}
+            assert held == {str(lease.ip) for lease in st.leases() if not lease.empty}  # same as a full read
+            return held, st.temporaries()
+
+    (net / "10.99.0.2").write_text("a\r\neth0")
+    (net / "10.99.0.3").write_text("b\r\neth0")
+    assert view() == ({"10.99.0.2", "10.99.0.3"}, [])
+    (net / "10.99.0.3").unlink()
+    (net / "10.99.0.4").write_text("")  # empty: not held (ADD reclaims it)
+    assert view() == ({"10.99.0.2"}, [])
+    (net / "10.99.0.4").write_text("c\r\neth0")  # written later: held now
+    (net / f"{store.TMP_PREFIX}99-x").write_text("x")  # a dead writer's temporary: swept at the next open
+    assert view()[0] == {"10.99.0.2", "10.99.0.4"}
+    assert not (net / f"{store.TMP_PREFIX}99-x").exists() and view()[1] == []
+    cache.close()
 
 
 def _inotify_fds() -> dict[int, int]:
@@ -257,7 +287,7 @@ def _inotify_fds() -> dict[int, int]:
     return out
 
 
-def test_one_inotify_instance_and_bounded_watches(tmp_path, monkeypatch):
+def test_one_inotify_instance_and_bounded_watches(tmp_path):
     """Issue 15: one inotify instance per network directory leaked (root's limit of 128 instances is
     shared with containerd and the kubelet). Now: one instance for the process, at most MAX_WATCHES
     watches, and a removed directory's watch is gone (the kernel drops it, the view forgets it)."""
@@ -266,27 +296,23 @@ def test_one_inotify_instance_and_bounded_watches(tmp_path, monkeypatch):
     from pycni.ipam import allocator, store
     from pycni.ipam.ranges import Range, RangeSet
 
-    monkeypatch.setattr(store, "_cache_enabled", True)
-    monkeypatch.setattr(store, "_watches", {})
-    monkeypatch.setattr(store, "_by_wd", {})
-    monkeypatch.setattr(store, "_inotify_fd", None)
-    monkeypatch.setattr(store, "MAX_WATCHES", 20)
+    cache = store.LeaseCache(max_watches=20)
     before = _inotify_fds()
     rs = RangeSet.build([Range.build("10.99.0.0/24")], where="t")
     try:
         for n in range(30):
-            with store.DiskStore(str(tmp_path), f"net{n}") as st:
+            with store.DiskStore(str(tmp_path), f"net{n}", cache=cache) as st:
                 allocator.allocate([rs], [], st, "c1", "eth0")
                 allocator.release(st, "c1", "eth0")
         mine = {fd: w for fd, w in _inotify_fds().items() if fd not in before}
-        assert list(mine) == [store._inotify_fd], mine  # one instance, not one per directory
-        assert mine[store._inotify_fd] == 20 == len(store._watches)  # bounded: the oldest gave theirs back
+        assert list(mine) == [cache.fd], mine  # one instance, not one per directory
+        assert mine[cache.fd] == 20 == len(cache.watches)  # bounded: the oldest gave theirs back
         for n in range(30):
             shutil.rmtree(tmp_path / f"net{n}")
-        assert _inotify_fds()[store._inotify_fd] == 0  # released by the kernel when the directories went
-        with store.DiskStore(str(tmp_path), "other") as st:
+        assert _inotify_fds()[cache.fd] == 0  # released by the kernel when the directories went
+        with store.DiskStore(str(tmp_path), "other", cache=cache) as st:
             st.leases()
-        assert list(store._watches) == [str(tmp_path / "other")]  # the view forgot the removed ones
+        assert list(cache.watches) == [str(tmp_path / "other")]  # the view forgot the removed ones
     finally:
-        if store._inotify_fd is not None:
-            os.close(store._inotify_fd)
+        cache.close()
+    assert _inotify_fds().keys() == before.keys()  # close() gives the instance back

@@ -8,7 +8,7 @@ runtime keys included) gets each value of a wrong JSON type, and every bounded i
 value past its bound; a field whose type the generator does not know fails `test_every_field_has_cases`,
 so a new field cannot go without a case.
 
-Each case runs the whole protocol in-process (pycni.cli.run, ADD) with CNI_NETNS naming a namespace
+Each case runs the whole protocol in-process (pycni.runner.run, ADD) with CNI_NETNS naming a namespace
 that does not exist and dataDir in tmp_path: a wrongly accepted value would end in code 4 (bridge) or
 a store written under tmp_path (host-local), never in a change to this machine.
 """
@@ -25,7 +25,7 @@ import annotated_types
 import pytest
 from pydantic import BaseModel
 
-from pycni import cli
+from pycni import runner
 from pycni.bridge.config import BridgeConf
 from pycni.ipam.config import Config as HostLocalConf
 
@@ -142,7 +142,7 @@ def _field_name(model: type[BaseModel], key: str) -> str:
 def run_add(plugin: str, conf: dict) -> dict:
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "typectr", "CNI_NETNS": MISSING_NETNS, "CNI_IFNAME": "eth0",
            "CNI_PATH": "/nonexistent"}
-    status, out = cli.run(plugin, env, json.dumps(conf).encode())
+    status, out = runner.run(plugin, env, json.dumps(conf).encode())
     return {"status": status, **(json.loads(out) if out else {})}
 
 

@@ -98,12 +98,15 @@ def test_status_reports_bridge_pool_masquerade_daemon_and_agent(env, setup, tmp_
     d = Daemon(env.node, tmp_path / "run" / "pycni.sock", tmp_path / "daemon.log")
     try:
         proc = pycni(env, "status", *common, "--socket", str(d.sock))
-        assert "daemon: running, version" in proc.stdout and "32 workers" in proc.stdout
+        assert "daemon: running, version" in proc.stdout and "32 workers in " in proc.stdout
         assert "pool 10.77.0.1-10.77.0.254 (10.77.0.0/24): 2/253 leased (0.8%)" in proc.stdout
         assert "bridge cni0: up, 2 port(s)" in proc.stdout
         assert "agent: node n1" in proc.stdout and "1 change(s), 0 error(s)" in proc.stdout
         doc = json.loads(pycni(env, "status", *common, "--socket", str(d.sock), "--json").stdout)
         assert doc["daemon"]["running"] and doc["daemon"]["pid"] == d.proc.pid and doc["daemon"]["uptimeSeconds"] >= 0
+        from pycni.daemon.server import default_processes
+
+        assert doc["daemon"]["processes"] == default_processes()  # one worker process per CPU
     finally:
         assert d.stop() == 0
     assert node_state(env, tmp_path) == before, "pycni status changed the node"

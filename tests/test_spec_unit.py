@@ -304,7 +304,7 @@ def test_parse_garbage_is_code_6(garbage):
 
 def test_version_probe_with_dummy_values_is_accepted():
     """libcni's GetVersionInfo (used by podman) sends VERSION with every variable set to "dummy"."""
-    from pycni.cli import run
+    from pycni.runner import run
 
     environ = {"CNI_COMMAND": "VERSION", "CNI_NETNS": "dummy", "CNI_IFNAME": "dummy", "CNI_PATH": "dummy",
                "CNI_CONTAINERID": "dummy"}

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 from conftest import IS_ROOT
 
-from pycni import __version__, cli
+from pycni import __version__, cli, runner
 from pycni.daemon import wire
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,14 +222,14 @@ def test_the_exchanges_cover_every_kind_of_answer():
 
 def test_try_again_is_printed_in_the_configurations_version():
     """SPEC.md "Error": cniVersion is "the protocol version in use" - the configuration's, as for every
-    other error (cli.run); the latest when the configuration has none pycni speaks."""
+    other error (runner.run); the latest when the configuration has none pycni speaks."""
     for version in ("0.3.1", "0.4.0", "1.0.0", "1.1.0"):
         _, doc, _ = wire.try_again("failed", "x", json.dumps({"cniVersion": version}).encode())
         assert json.loads(doc) == {"cniVersion": version, "code": 11, "msg": wire.TRY_AGAIN_MSGS["failed"],
                                    "details": "x"}
     for stdin in (b'{"cniVersion": "9.9.9"}', b"not json", b'{"cniVersion": 4}', b""):
         assert json.loads(wire.try_again("failed", "x", stdin)[1])["cniVersion"] == "1.1.0"
-    status, text = cli.run("pycni", {"CNI_COMMAND": "ADD"}, b'{"cniVersion": "0.4.0"}')
+    status, text = runner.run("pycni", {"CNI_COMMAND": "ADD"}, b'{"cniVersion": "0.4.0"}')
     assert status == 1 and json.loads(text)["cniVersion"] == "0.4.0"  # the same rule as any other error
 
 
@@ -356,7 +356,7 @@ def test_the_rest_of_pycni_agrees_with_wire():
     from pycni.spec import env
 
     assert wire.MAX_STDIN == env.MAX_CONFIG_BYTES == cli.MAX_STDIN
-    assert wire.PLUGINS == tuple(cli.PLUGINS)
+    assert wire.PLUGINS == tuple(runner.PLUGINS)
     for code in (wire.EXEC_STANDALONE % "pycni", *wire.EXEC_LAUNCHER.values(), wire.EXEC_TRY_AGAIN):
         module, name = re.fullmatch(r"from ([\w.]+) import (\w+); \2\(.*\)", code).groups()
         __import__(module)

@@ -7,7 +7,7 @@ and its single stdout document is either a result or an error object. An error i
 unchanged (its code included); a delegate that cannot be found, run or understood is code 104.
 
 When `ipam.type` is pycni's own host-local, the same verbs run in-process (pycni.ipam.verbs): no
-fork/exec, no second interpreter start. The Request it gets is built exactly as cli.run would
+fork/exec, no second interpreter start. The Request it gets is built exactly as runner.run would
 build it, so the behaviour is the one the executable has.
 """
 
@@ -94,7 +94,8 @@ def _in_process(req: Request) -> InProcess:
 
     conf = load(host_local.Config, req.raw)
     sub = Request(env=req.env, conf=conf, raw=req.raw, stdin=req.stdin, version=req.version,
-                  cni_args=parse_cni_args(req.env.args, host_local.KNOWN_ARGS), environ=req.environ)
+                  cni_args=parse_cni_args(req.env.args, host_local.KNOWN_ARGS), environ=req.environ,
+                  context=req.context)
     return InProcess(sub, host_local.settings(sub))
 
 

@@ -62,37 +62,36 @@ def open_netns(path: str) -> int:
 
 
 class Pod:
-    """Inside a pod netns: `with Pod(path) as pod: pod.ipr...` (thread switched back on exit).
+    """Inside a pod netns: `with Pod(path) as pod: pod.nl...` (thread switched back on exit).
 
-    `ipr` is the pod namespace's pyroute2 handle, open inside `with` only. `raw`, the raw rtnetlink
-    socket of `links.get_link(name, pod)`, is opened in the pod namespace on the first `with` and
-    stays open, like the netns fd (used as IFLA_NET_NS_FD), until `close()`.
+    `pod.nl` (netlink.Handles) may be used inside `with` only: its sockets are opened there, on first
+    use, so they belong to the pod; they stay open across the `with` blocks of one verb, like the netns
+    fd (used as IFLA_NET_NS_FD), until `close()`.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd = open_netns(path)
-        self.ipr: Any = None
-        self.raw: Any = None
+        self._nl: netlink.Handles | None = None
+        self._inside = False
         self._home = -1
 
-    def __enter__(self) -> Self:
-        iproute_cls = netlink.iproute_class()  # imported before the switch
+    @property
+    def nl(self) -> netlink.Handles:
+        if not self._inside or self._nl is None:
+            raise RuntimeError(f"{self.path}: the pod's netlink handles are used outside `with pod`")
+        return self._nl
 
+    def __enter__(self) -> Self:
         self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             _setns(self.fd)
         except OSError as exc:
             os.close(self._home)
             raise CNIError(INVALID_ENV, f"{self.path!r} is not a network namespace", str(exc)) from None
-        try:
-            self.ipr = iproute_cls()
-            if self.raw is None:
-                self.raw = netlink.raw_socket()
-        except BaseException:
-            self._close_ipr()
-            self._leave()
-            raise
+        if self._nl is None:
+            self._nl = netlink.Handles()
+        self._inside = True
         return self
 
     def _leave(self) -> None:
@@ -101,16 +100,9 @@ class Pod:
         finally:
             os.close(self._home)
 
-    def _close_ipr(self) -> None:
-        ipr, self.ipr = self.ipr, None
-        if ipr is not None:
-            ipr.close()
-
     def __exit__(self, *exc: object) -> None:
-        try:
-            self._close_ipr()
-        finally:
-            self._leave()
+        self._inside = False
+        self._leave()
 
     def is_own(self) -> bool:
         """Whether this is the namespace the calling thread is in (the node's, for the plugin)."""
@@ -119,10 +111,9 @@ class Pod:
         return (mine.st_dev, mine.st_ino) == (here.st_dev, here.st_ino)
 
     def close(self) -> None:
-        raw, self.raw = self.raw, None
+        handles, self._nl = self._nl, None
         try:
-            if raw is not None:
-                raw.close()
+            if handles is not None:
+                handles.close()
         finally:
             os.close(self.fd)
-

@@ -1,7 +1,7 @@
 """Cheap capability probes for STATUS and DEL: no pyroute2 import, nothing changed.
 
-`host_link_names` reads /proc/net/dev, `link_kind_raw` asks rtnetlink over the raw client of
-`netlink`, `can_admin_network` reads the effective capabilities of the process.
+`host_link_names` reads /proc/net/dev, `link_kind_raw` asks rtnetlink over the channel of
+`netlink` (its lookup imports nothing), `can_admin_network` reads the effective capabilities of the process.
 """
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ def host_link_names() -> set[str]:
     return names
 
 
+
 def link_kind_raw(name: str) -> str | None:
     """Kind of link `name` ("bridge", "veth", "" when unknown), None when absent - over a raw
     rtnetlink socket, without pyroute2, so STATUS stays cheap. Raises CNIError 101 when rtnetlink
     cannot be reached."""
-    sock = netlink.raw_socket()
+    channel = netlink.Channel()
     try:
-        link = netlink.raw_get_link(sock, name)
+        link = channel.get_link(name)
     finally:
-        sock.close()
+        channel.close()
     return None if link is None else link.kind
 
 

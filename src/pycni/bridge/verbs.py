@@ -33,6 +33,7 @@ from ..spec.request import Request
 from ..spec.result import Interface, Result, Route
 from . import ipam_delegate, masquerade
 from .config import BridgeConf
+from .netlink import Link
 
 Config = BridgeConf
 # CONVENTIONS.md "CNI_ARGS": IP is for the IPAM plugin (passed through), MAC is ours.
@@ -88,7 +89,7 @@ class Rollback:
 
 def add(req: Request) -> Result:
     """SPEC.md "ADD": bridge, veth pair (peer created in the pod netns), IPAM, gateway, masquerade."""
-    from . import links, netns
+    from . import links, netlink, netns
 
     conf: BridgeConf = req.conf
     # Everything that can be refused without touching the node is refused first, so that a bad
@@ -107,44 +108,48 @@ def add(req: Request) -> Result:
         raise CNIError(INVALID_NETNS, "CNI_NETNS is the plugin's own network namespace",
                        f"{req.netns} would put the pod interface, its addresses and routes in the node")
     try:
-        faults.point("bridge.add.start")
-        ours = _plumb(req, conf, pod, undo)
-        if conf.ipam_type:
-            ipam = ipam_delegate.add(req, local_ipam)
-            undo.push("IPAM allocation", lambda: ipam_delegate.delete(_as_verb(req, "DEL"), local_ipam))
-            faults.point("bridge.add.ipam")
-            _layer3(req, conf, pod, ours, ipam, undo)
-        elif not conf.disableContainerInterface:
-            with pod:
-                links.pod_configure(pod, req.ifname, [], [], up=True, nodad=True)
-        _refresh_macs(ours, conf, links)
-        if conf.dns is not None and conf.dns.to_dict():  # reference: the config's dns wins over IPAM's
-            ours.dns = conf.dns
-        faults.point("bridge.add.done")
-        return _chain(conf, ours)
-    except BaseException:
-        undo.run()
-        raise
+        with netlink.handles(req.context) as nl:
+            try:
+                faults.point("bridge.add.start")
+                ours, bridge, container = _plumb(req, conf, nl, pod, undo)
+                pinned = None
+                if conf.ipam_type:
+                    ipam = ipam_delegate.add(req, local_ipam)
+                    undo.push("IPAM allocation", lambda: ipam_delegate.delete(_as_verb(req, "DEL"), local_ipam))
+                    faults.point("bridge.add.ipam")
+                    pinned = _layer3(req, conf, nl, pod, bridge, container, ours, ipam, undo)
+                elif not conf.disableContainerInterface:
+                    with pod:
+                        links.pod_configure(pod, container, [], [], up=True, nodad=True)
+                _report_bridge_mac(nl, ours, pinned)
+                if conf.dns is not None and conf.dns.to_dict():  # reference: the config's dns wins over IPAM's
+                    ours.dns = conf.dns
+                faults.point("bridge.add.done")
+                return _chain(conf, ours)
+            except BaseException:
+                undo.run()
+                raise
     finally:
         pod.close()
 
 
-def _plumb(req: Request, conf: BridgeConf, pod, undo: Rollback) -> Result:
-    """Bridge + veth + port options + spoof check; returns the L2 result [bridge, veth, ifname]."""
+def _plumb(req: Request, conf: BridgeConf, nl, pod, undo: Rollback) -> tuple[Result, Link, Link]:
+    """Bridge + veth + port options + spoof check; returns the L2 result [bridge, veth, ifname], the
+    bridge and the pod interface."""
     from . import links
 
     att = attachment(req)
     mac = conf.container_mac(req.cni_args.get("MAC"))
-    bridge = links.ensure_bridge(conf.bridge, conf.mtu, conf.promiscMode, conf.vlan_filtering)
+    bridge = links.ensure_bridge(nl, conf.bridge, conf.mtu, conf.promiscMode, conf.vlan_filtering)
     faults.point("bridge.add.bridge")
     host_name = host_veth_name(req.container_id, req.ifname)
-    host = links.create_veth(pod, host_name, req.ifname, bridge, conf.mtu, mac, veth_alias(att))
-    undo.push(f"veth {host_name}", lambda: links.delete_link(host_name))
+    host = links.create_veth(nl, pod, host_name, req.ifname, bridge, conf.mtu, mac, veth_alias(att))
+    undo.push(f"veth {host_name}", lambda: links.delete_link(nl, host_name))
     faults.point("bridge.add.veth")
-    links.configure_port(host, conf.hairpinMode, conf.portIsolation)
-    links.configure_vlans(host, conf.vlan, conf.trunk_vlans(), conf.preserveDefaultVlan)
+    links.configure_port(nl, host, conf.hairpinMode, conf.portIsolation)
+    links.configure_vlans(nl, host, conf.vlan, conf.trunk_vlans(), conf.preserveDefaultVlan)
     with pod:
-        container = links.get_link(req.ifname, pod)
+        container = links.get_link(pod.nl, req.ifname)
     if container is None:
         raise CNIError(KERNEL, f"{req.ifname!r} vanished from {req.netns}")
     if conf.macspoofchk:
@@ -156,11 +161,13 @@ def _plumb(req: Request, conf: BridgeConf, pod, undo: Rollback) -> Result:
         Interface(name=bridge.name, mac=bridge.mac),
         Interface(name=host.name, mac=host.mac, mtu=mtu),
         Interface(name=req.ifname, mac=container.mac, mtu=mtu, sandbox=req.netns),
-    ])
+    ]), bridge, container
 
 
-def _layer3(req: Request, conf: BridgeConf, pod, ours: Result, ipam: Result, undo: Rollback) -> None:
-    """Addresses and routes from IPAM in the pod, gateway on the bridge, forwarding, masquerade."""
+def _layer3(req: Request, conf: BridgeConf, nl, pod, bridge: Link, container: Link, ours: Result, ipam: Result,
+            undo: Rollback) -> Link | None:
+    """Addresses and routes from IPAM in the pod, gateway on the bridge, forwarding, masquerade.
+    Returns the bridge as it is once its MAC is pinned (None when there is no gateway)."""
     from . import links, sysctl
 
     if not ipam.ips:
@@ -170,14 +177,17 @@ def _layer3(req: Request, conf: BridgeConf, pod, ours: Result, ipam: Result, und
     has_v6 = any(ip.family == 6 for ip in ours.ips)
     with pod:
         sysctl.pod_sysctls(req.ifname, conf.enabledad, has_v6)
-        links.pod_configure(pod, req.ifname, [ip.address for ip in ours.ips], container_routes(ours),
+        links.pod_configure(pod, container, [ip.address for ip in ours.ips], container_routes(ours),
                             up=True, nodad=not conf.enabledad)
     faults.point("bridge.add.pod")
+    pinned = None
     if gateways:
-        target = _gateway_link(conf, ours, links)
+        target = _gateway_link(nl, conf, ours, bridge)
         for gw in gateways:
-            links.ensure_address(target, str(gw), conf.forceAddress)
-        links.pin_mac(links.get_link(target.name) or target)
+            links.ensure_address(nl, target, str(gw), conf.forceAddress)
+        current = links.get_link(nl, target.name) or target  # adding the port may have changed its MAC
+        links.pin_mac(nl, current)
+        pinned = current if target is bridge else None
         for version in sorted({gw.version for gw in gateways}):
             sysctl.enable_forwarding(version)
         faults.point("bridge.add.gateway")
@@ -186,17 +196,17 @@ def _layer3(req: Request, conf: BridgeConf, pod, ours: Result, ipam: Result, und
         masquerade.pick(conf.ipMasqBackend).setup(att, [ipaddress.ip_interface(ip.address) for ip in ours.ips])
         undo.push("masquerade", lambda: masquerade.teardown(att, conf.ipMasqBackend))
         faults.point("bridge.add.masq")
+    return pinned
 
 
-def _gateway_link(conf: BridgeConf, ours: Result, links):
+def _gateway_link(nl, conf: BridgeConf, ours: Result, bridge: Link) -> Link:
     """The bridge, or with `vlan` the reference's VLAN gateway `<bridge>.<vlan>` (added to the result)."""
-    bridge = links.get_link(conf.bridge)
-    if bridge is None:
-        raise CNIError(KERNEL, f"bridge {conf.bridge!r} vanished")
+    from . import links
+
     if not conf.vlan:
         return bridge
     peer = host_veth_name(conf.bridge, str(conf.vlan))
-    link = links.ensure_vlan_gateway(bridge, conf.vlan_gateway_name, peer, conf.vlan, conf.preserveDefaultVlan)
+    link = links.ensure_vlan_gateway(nl, bridge, conf.vlan_gateway_name, peer, conf.vlan, conf.preserveDefaultVlan)
     ours.interfaces.append(Interface(name=link.name, mac=link.mac))
     return link
 
@@ -238,12 +248,15 @@ def container_routes(result: Result) -> list[dict]:
     return out
 
 
-def _refresh_macs(ours: Result, conf: BridgeConf, links) -> None:
-    """The bridge's MAC may have changed when the port or the address was added: report it now."""
-    for iface in ours.interfaces[:2]:
-        link = links.get_link(iface.name)
-        if link is not None:
-            iface.mac = link.mac
+def _report_bridge_mac(nl, ours: Result, pinned: Link | None) -> None:
+    """The bridge's MAC may have changed when the port or the address was added: report it as it is
+    now - as the gateway step pinned it, else as the kernel says. (A veth keeps the MAC it was
+    created with: the host end's, reported by create_veth, needs no second look.)"""
+    from . import links
+
+    current = pinned or links.get_link(nl, ours.interfaces[0].name)
+    if current is not None:
+        ours.interfaces[0].mac = current.mac
 
 
 def _chain(conf: BridgeConf, ours: Result) -> Result:
@@ -273,11 +286,14 @@ def delete(req: Request) -> None:
     """SPEC.md "DEL": best effort and idempotent, with or without CNI_NETNS (which is not needed:
     the host veth is found by name; deleting it deletes its pod peer). Every step runs; the first
     error is raised at the end."""
+    from . import netlink
+
     conf: BridgeConf = req.conf
     att = attachment(req)
     errors: list[CNIError] = []
     faults.point("bridge.del.start")
-    _collect(errors, lambda: _delete_veth(att, host_veth_name(req.container_id, req.ifname)))
+    with netlink.handles(req.context) as nl:
+        _collect(errors, lambda: _delete_veth(nl, att, host_veth_name(req.container_id, req.ifname)))
     faults.point("bridge.del.veth")
     if conf.ipam_type:
         _collect(errors, lambda: ipam_delegate.delete(req))
@@ -291,21 +307,19 @@ def delete(req: Request) -> None:
         raise errors[0]
 
 
-def _delete_veth(att: masquerade.Attachment, name: str) -> None:
-    from . import links, probes
+def _delete_veth(nl, att: masquerade.Attachment, name: str) -> None:
+    from . import links
 
-    if name not in probes.host_link_names():
-        return  # gone with its netns, or never created: nothing to import pyroute2 for
-    link = links.get_link(name)
+    link = links.get_link(nl, name)  # the channel's lookup: no pyroute2 import when the veth is gone
     if link is not None and link.alias.startswith(alias_prefix(att.network) + att.key):
-        links.delete_link(name)
+        links.delete_link(nl, name)
     elif link is not None and link.kind == "veth" and not link.alias:
         # ADD names the veth after (container ID, ifname) and sets its alias right after creating it
         # (the kernel ignores IFLA_IFALIAS in RTM_NEWLINK): a veth of this name without an alias is
         # an ADD that died in between. Another attachment cannot own the name: it would need the same
         # container ID and ifname, hence the same pod interface.
         log.warning("deleting %s: no alias, left by an ADD that did not finish", name)
-        links.delete_link(name)
+        links.delete_link(nl, name)
     elif link is not None:
         log.warning("not deleting %s: its alias %r is not this attachment's", name, link.alias)
 
@@ -322,7 +336,7 @@ def _collect(errors: list[CNIError], func) -> None:
 
 def check(req: Request) -> None:
     """SPEC.md "CHECK": compare the node and the pod with prevResult; IPAM CHECK first."""
-    from . import links, netns
+    from . import netlink
 
     conf: BridgeConf = req.conf
     prev = conf.prev_result()
@@ -336,7 +350,14 @@ def check(req: Request) -> None:
         raise CNIError(CHECK_FAILED, "prevResult lacks the bridge or the container interface")
     if cont_if.sandbox != req.netns:
         raise CNIError(CHECK_FAILED, "sandbox in prevResult does not match CNI_NETNS", cont_if.sandbox)
-    bridge = _expect(links.get_link(conf.bridge), bridge_if, "bridge", conf.bridge)
+    with netlink.handles(req.context) as nl:
+        _check_links(req, conf, nl, prev, bridge_if, cont_if)
+
+
+def _check_links(req: Request, conf: BridgeConf, nl, prev: Result, bridge_if: Interface, cont_if: Interface) -> None:
+    from . import links, netns
+
+    bridge = _expect(links.get_link(nl, conf.bridge), bridge_if, "bridge", conf.bridge)
     if bridge.promisc != conf.promiscMode:
         raise CNIError(CHECK_FAILED, f"promiscuous mode of {conf.bridge!r} is {bridge.promisc}")
     try:
@@ -345,11 +366,11 @@ def check(req: Request) -> None:
         raise CNIError(CHECK_FAILED, "CNI_NETNS does not exist", req.netns) from None
     try:
         with pod:
-            container = _expect(links.get_link(req.ifname, pod), cont_if, "veth", req.ifname)
-            _check_ips_routes(pod, container, prev, prev.interfaces.index(cont_if), links)
+            container = _expect(links.get_link(pod.nl, req.ifname), cont_if, "veth", req.ifname)
+            _check_ips_routes(pod.nl, container, prev, prev.interfaces.index(cont_if))
     finally:
         pod.close()
-    host = _expect(links.get_link(host_veth_name(req.container_id, req.ifname)), None, "veth", "host veth")
+    host = _expect(links.get_link(nl, host_veth_name(req.container_id, req.ifname)), None, "veth", "host veth")
     wanted = next((i for i in prev.interfaces if i.name == host.name), None)
     if wanted is None or (wanted.mac and wanted.mac != host.mac):
         raise CNIError(CHECK_FAILED, f"host veth {host.name!r} is not the one in prevResult")
@@ -367,12 +388,14 @@ def _expect(link, iface: Interface | None, kind: str, what: str):
     return link
 
 
-def _check_ips_routes(pod, container, prev: Result, index: int, links) -> None:
-    have = {str(ipaddress.ip_interface(a.address)) for a in links.addresses(container.index, pod.ipr)}
+def _check_ips_routes(pod_nl, container, prev: Result, index: int) -> None:
+    from . import links
+
+    have = {str(ipaddress.ip_interface(a.address)) for a in links.addresses(pod_nl, container.index)}
     for ip in prev.ips:
         if ip.interface == index and ip.address not in have:
             raise CNIError(CHECK_FAILED, f"address {ip.address} not found on {container.name!r}")
-    present = links.routes(pod.ipr)
+    present = links.routes(pod_nl)
     for r in prev.routes:
         gw = r.gw
         if not any(p.dst == r.dst and (gw is None or p.gw == gw) for p in present):
@@ -406,18 +429,19 @@ def status(req: Request) -> None:
             raise CNIError(STATUS_NOT_AVAILABLE, err.msg, err.details) from None
     if conf.ipam_type:
         ipam_delegate.status(req)
-    _status_of_attachments(conf)
+    _status_of_attachments(req, conf)
 
 
-def _status_of_attachments(conf: BridgeConf) -> None:
-    from . import links, probes
+def _status_of_attachments(req: Request, conf: BridgeConf) -> None:
+    from . import links, netlink, probes
 
     if not any(name.startswith("veth") for name in probes.host_link_names()):
         return  # no host veth at all: no attachment of ours can be cut off
-    attached = links.links_with_alias_prefix(alias_prefix(conf.name))
+    with netlink.handles(req.context) as nl:
+        attached = links.links_with_alias_prefix(nl, alias_prefix(conf.name))
+        bridge = links.get_link(nl, conf.bridge) if attached else None
     if not attached:
         return
-    bridge = links.get_link(conf.bridge)
     if bridge is None or not bridge.flags & links.IFF_UP:
         state = "missing" if bridge is None else "down"
         raise CNIError(STATUS_DEGRADED, f"bridge {conf.bridge!r} is {state}: {len(attached)} attachment(s) of "
@@ -435,7 +459,7 @@ def gc(req: Request) -> None:
     and, when in-process, the IPAM config. IPAM goes first, so a delegate that refuses the request
     (or cannot GC, like host-local 1.1.1) leaves links and leases as they were; after it, links and
     rules are removed going on past errors. docs/gc.md."""
-    from . import links
+    from . import links, netlink
 
     conf: BridgeConf = req.conf
     valid = valid_attachments(req.raw)
@@ -445,14 +469,15 @@ def gc(req: Request) -> None:
     keys = {masquerade.Attachment(conf.name, cid, ifname).key for cid, ifname in valid}
     errors: list[CNIError] = []
     prefix = alias_prefix(conf.name)
-    try:
-        stale = [link for link in links.links_with_alias_prefix(prefix)
-                 if link.alias[len(prefix):].split(":", 1)[0] not in keys]
-    except CNIError as err:
-        errors.append(err)
-        stale = []
-    for link in stale:
-        _collect(errors, lambda name=link.name: links.delete_link(name))
+    with netlink.handles(req.context) as nl:
+        try:
+            stale = [link for link in links.links_with_alias_prefix(nl, prefix)
+                     if link.alias[len(prefix):].split(":", 1)[0] not in keys]
+        except CNIError as err:
+            errors.append(err)
+            stale = []
+        for link in stale:
+            _collect(errors, lambda name=link.name: links.delete_link(nl, name))
     errors += masquerade.gc(conf.name, valid)
     _collect(errors, lambda: masquerade.spoofcheck_gc(conf.name, valid))
     if errors:

@@ -1,24 +1,27 @@
-"""The pycni daemon: `pycni daemon [--socket PATH]` serves CNI requests in-process.
+"""The pycni daemon: `pycni daemon [--socket PATH]` serves CNI requests with everything already loaded.
 
 Everything is imported once at start (pydantic models built, pyroute2 loaded), so a request costs
 only its own work: the exec'd plugin (pycni.daemon.client) forwards (plugin, environment, stdin),
-and the daemon answers with exactly what `pycni.cli.run` returns - the same function the standalone
-plugin runs, so results, errors and exit codes are identical either way.
+and the daemon answers with exactly what `pycni.runner.run` returns - the same function the standalone
+plugin runs, so results, errors and exit codes are identical either way. This process handles the
+connections; the verbs run in worker processes forked at start (workers.py), one per CPU by default.
 
   * Access (peer.py, docs/security.md): the socket is 0600 in a 0700 directory, and a peer is served
     only when the kernel says it is root, holds every capability the daemon has, and lives in the
     daemon's user, mount, network, PID and time namespaces; delegates are exec'd only from the
     --cni-path allowlist (cni_path.py). Anything else is refused: the client runs the verb itself.
   * Concurrency: one thread per connection (at most 4 x --workers; more are refused at once), at
-    most --workers verbs running at a time - a slot is taken only once the whole request has been
-    read, so a client that trickles its request holds no slot; what needs serialising already is
-    (the IPAM store's flock, the firewall lock); each thread has its own pyroute2 sockets, and
-    `netns.Pod` switches only the calling thread into a pod netns (setns(2) is per thread).
+    most --workers verbs running at a time, spread over --processes worker processes (so they use
+    every CPU) - a slot is taken only once the whole request has been read, so a client that trickles
+    its request holds no slot; requests of one container run one after the other, in order; the rest
+    is serialised where it must be (the IPAM store's flock, the firewall lock: both across processes);
+    each worker thread keeps its own netlink sockets, and `Pod` switches only the calling thread
+    into a pod netns (setns(2) is per thread).
   * Deadlines (deadline.py): a request must arrive whole within READ_TIMEOUT; it is dropped unrun
     when its client's deadline has passed or the client is gone; an ADD whose answer the client
     does not acknowledge is undone with a DEL.
   * Robustness: a request that cannot be read or parsed is refused, a verb that raises becomes
-    its CNI error document (cli.run never raises), and nothing a client sends can stop the daemon.
+    its CNI error document (runner.run never raises), and nothing a client sends can stop the daemon.
   * Versions: a request from another pycni version or protocol is refused, and the client then
     runs the verb itself - an upgraded plugin never talks to an old daemon's code.
   * SIGTERM / SIGINT: stop accepting, refuse every request not yet running (those still being
@@ -41,8 +44,8 @@ import sys
 import threading
 import time
 
-from .. import __version__, cli, logfmt, runstate
-from . import cni_path, peer, wire
+from .. import __version__, logfmt, runner, runstate
+from . import cni_path, peer, wire, workers
 from .deadline import ACK_TIMEOUT, READ_TIMEOUT, Deadline, Expired, acknowledged, client_gone
 from .wire import DEFAULT_SOCKET, MAX_FRAME, SOCKET_ENV, Refused
 
@@ -51,24 +54,25 @@ log = logging.getLogger("pycnid")  # not under "pycni": those handlers belong to
 
 
 def preload() -> None:
-    """Import and warm up everything a verb needs, so no request pays for it."""
+    """Import and warm up everything a verb needs, so no request pays for it (the workers are forked
+    from this state)."""
     import pycni.bridge.links
     import pycni.bridge.masquerade
     import pycni.bridge.netns
     import pycni.bridge.probes
     import pycni.bridge.sysctl
     import pycni.bridge.verbs
+    import pycni.context
+    import pycni.ipam.store
     import pycni.ipam.verbs
     import pycni.spec.config
     import pycni.spec.request
     import pycni.spec.result  # noqa: F401
     from pycni.bridge import netlink
-    from pycni.ipam import store
 
-    store.enable_cache()  # lease directories stay in memory (inotify): ADD cost independent of the pool
-    netlink.node()  # the first IPRoute loads pyroute2's message classes
-    netlink.close()
-    cli.run("pycni", {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.1.0"}', stderr=io.StringIO())
+    netlink.messages()  # pyroute2's message classes (the channel's) and IPRoute (the rare operations)
+    netlink.iproute_class()
+    runner.run("pycni", {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.1.0"}', stderr=io.StringIO())
 
 
 def _recv_exact(conn: socket.socket, n: int, deadline: Deadline) -> bytes:
@@ -90,9 +94,10 @@ def read_request(conn: socket.socket, deadline: Deadline) -> tuple[str, dict[str
 
 
 class Server:
-    def __init__(self, path: str, workers: int = 32, grace: float = 30.0,
+    def __init__(self, path: str, pool: workers.Pool, workers: int = 32, grace: float = 30.0,
                  allowed: tuple[str, ...] = (cni_path.DEFAULT,)) -> None:
         self.path = path
+        self.pool = pool  # the worker processes that run the verbs
         self.grace = grace
         self.allowed = allowed  # the CNI_PATH allowlist (cni_path.py)
         self.slots = threading.BoundedSemaphore(workers)  # verbs running
@@ -103,6 +108,7 @@ class Server:
         self.served = 0
         self.lock = threading.Lock()
         self.reading: set[socket.socket] = set()  # connections whose request is still arriving
+        self.containers: dict[str, list] = {}  # container ID -> [its lock, requests holding or awaiting it]
         self.sock: socket.socket | None = None
         self.view = peer.own_view()  # what a peer must match (request threads return to these namespaces)
         self._inode: tuple[int, int] | None = None
@@ -236,6 +242,35 @@ class Server:
             self.slots.release()
             raise
 
+    def _claim(self, container_id: str, conn: socket.socket, deadline: Deadline) -> str | None:
+        """Requests of one container run one at a time, in arrival order of their claims (a DEL must
+        not overtake the ADD it undoes); those of different containers in parallel. Waits while the
+        request is still wanted; returns what _unclaim takes."""
+        if not container_id:
+            return None  # STATUS, GC, VERSION: no container to keep apart
+        with self.lock:
+            entry = self.containers.setdefault(container_id, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            while not entry[0].acquire(timeout=SLOT_POLL):
+                self._still_wanted(conn, deadline)
+        except BaseException:
+            self._forget(container_id)
+            raise
+        return container_id
+
+    def _unclaim(self, container_id: str | None) -> None:
+        if container_id is not None:
+            self.containers[container_id][0].release()
+            self._forget(container_id)
+
+    def _forget(self, container_id: str) -> None:
+        with self.lock:
+            entry = self.containers[container_id]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self.containers[container_id]
+
     def _still_wanted(self, conn: socket.socket, deadline: Deadline) -> None:
         if self.stopping.is_set():
             raise Refused("the daemon is stopping")
@@ -246,15 +281,19 @@ class Server:
 
     def _handle(self, conn: socket.socket) -> None:
         try:
+            container = None
             try:
                 plugin, env, stdin, deadline = self._read(conn)
+                container = self._claim(env.get("CNI_CONTAINERID", ""), conn, deadline)
                 self._slot(conn, deadline)
             except Refused as exc:
                 log.warning("refused a request: %s", exc)
                 _refuse(conn, str(exc))
+                self._unclaim(container)
                 return
             except (OSError, TimeoutError) as exc:
                 log.warning("could not read a request: %s", exc)
+                self._unclaim(container)
                 return
             try:
                 status, text, logs = self._run(plugin, env, stdin)
@@ -268,6 +307,7 @@ class Server:
                     self._undo_add(plugin, env, stdin)
             finally:
                 self.slots.release()
+                self._unclaim(container)
         except Exception as exc:  # noqa: BLE001 - a request never takes the daemon down
             log.error("request failed: %s: %s", type(exc).__name__, exc)
         finally:
@@ -275,20 +315,21 @@ class Server:
             self._done()
 
     def _run(self, plugin: str, env: dict[str, str], stdin: bytes) -> tuple[int, str, str]:
-        logs = io.StringIO()
         start = time.perf_counter()
         probe = self.metrics.begin(plugin, env, stdin) if self.metrics is not None else None
-        try:
-            status, text = cli.run(plugin, env, stdin, stderr=logs)
-            if probe is not None:
-                self.metrics.end(probe, status, text)  # before the thread's netlink sockets close
-        finally:
-            _close_thread_sockets()
+        answer = self.pool.run(plugin, env, stdin)
+        if answer is None:
+            log.error("%s %s %s/%s: the worker process died during the request", plugin, env.get("CNI_COMMAND"),
+                      env.get("CNI_CONTAINERID", "-"), env.get("CNI_IFNAME", "-"))
+            answer = wire.try_again("failed", "its worker process died", stdin)
+        status, text, logs = answer
+        if probe is not None:
+            self.metrics.end(probe, status, text)
         ms = (time.perf_counter() - start) * 1000
         log.info("%s %s %s/%s: exit %d in %.1f ms", plugin, env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID", "-"),
                  env.get("CNI_IFNAME", "-"), status, ms,
                  extra=_log_fields(env, stdin, status, text, ms) if self.json_logs else None)
-        return status, text, logs.getvalue()
+        return status, text, logs
 
     def _undo_add(self, plugin: str, env: dict[str, str], stdin: bytes) -> None:
         """The client of this ADD gave up or died before it had the answer: its runtime believes the
@@ -359,10 +400,11 @@ def _log_fields(env: dict[str, str], stdin: bytes, status: int, text: str, ms: f
                          env.get("CNI_IFNAME"), code, ms)
 
 
-def _close_thread_sockets() -> None:
-    netlink = sys.modules.get("pycni.bridge.netlink")
-    if netlink is not None:
-        netlink.close()
+MAX_DEFAULT_PROCESSES = 16  # each worker holds its own copy of the warm interpreter (~30 MB)
+
+
+def default_processes() -> int:
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_DEFAULT_PROCESSES))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", default=os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET,
                         help=f"unix socket to listen on (default ${SOCKET_ENV} or {DEFAULT_SOCKET})")
     parser.add_argument("--workers", type=int, default=32, help="requests served at the same time")
+    parser.add_argument("--processes", type=int, default=default_processes(),
+                        help="worker processes that run the verbs (default: one per CPU, at most "
+                             f"{MAX_DEFAULT_PROCESSES}: %(default)s)")
     parser.add_argument("--grace", type=float, default=30.0, help="seconds to let requests finish on SIGTERM")
     parser.add_argument("--cni-path", default=os.environ.get("CNI_PATH") or cni_path.DEFAULT,
                         help="the only directories delegated plugins are exec'd from (default $CNI_PATH or "
@@ -396,18 +441,21 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o022)
     sys.stdout = sys.stderr  # a stray print in a verb must not go anywhere near a client
     preload()
-    server = Server(os.path.abspath(args.socket), workers=max(1, args.workers), grace=args.grace, allowed=allowed)
+    slots, processes = max(1, args.workers), max(1, args.processes)
+    pool = workers.Pool(processes, threads=-(-slots // processes))  # forks: before any thread or socket
+    server = Server(os.path.abspath(args.socket), pool, workers=slots, grace=args.grace, allowed=allowed)
     server.bind()
     server.json_logs = args.log_format == "json"
     try:
-        server.metrics = metrics.start(args, server.path, max(1, args.workers))
+        server.metrics = metrics.start(args, server.path, slots)
     except (OSError, ValueError) as exc:
         server.unlink()
+        pool.close()
         print(f"pycni daemon: metrics: {exc}", file=sys.stderr)
         return 1
     state_file = runstate.daemon_file(server.path)
     runstate.write(state_file, {"version": __version__, "pid": os.getpid(), "started": time.time(),
-                                "workers": max(1, args.workers), "socket": server.path,
+                                "workers": slots, "processes": processes, "socket": server.path,
                                 "metrics": server.metrics.address if server.metrics else ""})
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
@@ -418,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.drain()
         server.unlink()
+        pool.close()
         if server.metrics is not None:
             server.metrics.stop()
         if (runstate.read(state_file) or {}).get("pid") == os.getpid():

@@ -46,7 +46,7 @@ HEADER_BYTES = 4  # the big-endian length in front of every frame
 MAX_STDIN = 1 << 20  # = spec.env.MAX_CONFIG_BYTES (tests/test_wire.py): a plugin reads at most this + 1 byte
 MAX_FRAME = 4 << 20  # a request carries at most MAX_STDIN of stdin (base64) plus the environment
 ACK = b"\x06"  # the client's acknowledgement of an answer
-PLUGINS = ("pycni", "pycni-host-local")  # the executables; = cli.PLUGINS (tests/test_wire.py)
+PLUGINS = ("pycni", "pycni-host-local")  # the executables; = runner.PLUGINS (tests/test_wire.py)
 REQUEST_KEYS = ("proto", "version", "plugin", "deadline", "env", "stdin")  # in this order
 ANSWER_KEYS = ("status", "stdout", "stderr")  # in this order
 REFUSED_KEY = "refused"

@@ -70,10 +70,12 @@ def networks_in(data_dir: str) -> list[str]:
 
 def veths() -> list[Veth]:
     """pycni's host veths in this network namespace."""
-    from ..bridge import links
+    from ..bridge import links, netlink
 
     out = []
-    for link in links.links_with_alias_prefix(ALIAS_PREFIX):
+    with netlink.handles() as nl:
+        found = links.links_with_alias_prefix(nl, ALIAS_PREFIX)
+    for link in found:
         parts = link.alias.split(":", 5)
         if len(parts) == 6:
             out.append(Veth(parts[3], parts[5], parts[4], link.name))

@@ -84,7 +84,7 @@ def load_valid(args) -> Valid:
 
 def run_gc(net: netconfs.Network, keep: list[tuple[str, str]], args) -> tuple[int, str]:
     """The GC verb for one network: through the daemon if it answers, else here."""
-    from .. import cli
+    from .. import runner
     from ..daemon import client
 
     env = {"CNI_COMMAND": "GC", "CNI_PATH": args.cni_path, "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
@@ -95,7 +95,7 @@ def run_gc(net: netconfs.Network, keep: list[tuple[str, str]], args) -> tuple[in
     if answer is not None:
         status, text, _logs = answer
         return status, text
-    return cli.run("pycni", env, stdin, stderr=sys.stderr)
+    return runner.run("pycni", env, stdin, stderr=sys.stderr)
 
 
 def main(argv: list[str]) -> int:

@@ -1,7 +1,7 @@
 """`pycni status [--json]`: the node as pycni sees it.
 
   daemon      from its run state file (runstate.py) next to the socket, checked: is the pid alive
-              and does the socket accept a connection? version, uptime, workers, metrics address;
+              and does the socket accept a connection? version, uptime, workers and worker processes, metrics address;
   networks    each pycni network of the conf dir: its bridge in this network namespace (up, addresses,
               ports), its pool (leased / capacity per range), masquerading (ipMasq: the nftables
               chain and address-set entries, or the iptables chain and rules, bridge/masquerade.py);
@@ -28,7 +28,8 @@ from . import netconfs, output, pools
 def daemon_status(sock: str) -> dict:
     state = runstate.read(runstate.daemon_file(sock)) or {}
     out = {"socket": sock, "running": False, "version": state.get("version"), "pid": state.get("pid"),
-           "workers": state.get("workers"), "metrics": state.get("metrics") or None, "uptimeSeconds": None}
+           "workers": state.get("workers"), "processes": state.get("processes"),
+           "metrics": state.get("metrics") or None, "uptimeSeconds": None}
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1)
     try:
@@ -43,18 +44,20 @@ def daemon_status(sock: str) -> dict:
     return out
 
 
-def _links():
+def _links(nl):
     from ..bridge import links
 
-    return links, links.links_with_alias_prefix("")  # every link of this netns
+    return links.links_with_alias_prefix(nl, "")  # every link of this netns
 
 
-def bridge_status(name: str, all_links, links_mod) -> dict:
+def bridge_status(name: str, all_links, nl) -> dict:
+    from ..bridge import links
+
     br = next((link for link in all_links if link.name == name), None)
     if br is None:
         return {"name": name, "exists": False}
-    return {"name": name, "exists": True, "kind": br.kind, "up": bool(br.flags & links_mod.IFF_UP),
-            "addresses": [a.address for a in links_mod.addresses(br.index)],
+    return {"name": name, "exists": True, "kind": br.kind, "up": bool(br.flags & links.IFF_UP),
+            "addresses": [a.address for a in links.addresses(nl, br.index)],
             "ports": sum(1 for link in all_links if link.master == br.index)}
 
 
@@ -94,18 +97,25 @@ def masq_status(net: netconfs.Network) -> dict:
 
 
 def collect(args) -> dict:
+    from ..bridge import netlink
+
+    with netlink.handles() as nl:
+        return _collect(args, nl)
+
+
+def _collect(args, nl) -> dict:
     doc: dict = {"daemon": daemon_status(args.socket), "networks": [], "problems": []}
     found = netconfs.load(args.conf_dir)
     doc["problems"] += found.problems
     try:
-        links_mod, all_links = _links()
+        all_links = _links(nl)
     except Exception as exc:  # noqa: BLE001 - no netlink (a restricted container): report, go on
-        links_mod, all_links = None, None
+        all_links = None
         doc["problems"].append(f"netlink: {type(exc).__name__}: {exc}")
     for net in found.networks:
         entry: dict = {"name": net.name, "source": net.source, "cniVersion": net.cni_version}
         if all_links is not None:
-            entry["bridge"] = bridge_status(net.bridge, all_links, links_mod)
+            entry["bridge"] = bridge_status(net.bridge, all_links, nl)
         pool = pools.from_ipam(net.name, net.ipam) if net.ipam else None
         if pool is not None:
             entry["pool"] = {"dataDir": pool.data_dir,
@@ -138,7 +148,8 @@ def render(doc: dict) -> None:
     d = doc["daemon"]
     if d["running"]:
         print(f"daemon: running, version {d['version']}, pid {d['pid']}, up {output.age(d['uptimeSeconds'])}, "
-              f"{d['workers']} workers, metrics {d['metrics'] or 'off'}  ({d['socket']})")
+              f"{d['workers']} workers in {d['processes'] or 1} process(es), metrics {d['metrics'] or 'off'}  "
+              f"({d['socket']})")
     else:
         print(f"daemon: not running ({d['socket']}: {d.get('error', '?')})")
     for net in doc["networks"]:

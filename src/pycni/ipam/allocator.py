@@ -30,6 +30,7 @@ log = logging.getLogger("pycni.ipam")
 
 class Store(Protocol):
     def leases(self) -> list[Lease]: ...
+    def held(self, family: int) -> AbstractSet[int]: ...  # addresses of the non-empty leases, as integers
     def reserve(self, ip: IPAddress, container_id: str, ifname: str, range_id: int) -> bool: ...
     def release(self, ip: IPAddress) -> None: ...
     def last_reserved(self, range_id: int) -> IPAddress | None: ...
@@ -37,14 +38,11 @@ class Store(Protocol):
 
 def _reclaim_empty(store: Store, leases: list[Lease]) -> list[Lease]:
     """docs/ipam-store.md: an empty lease file under the lock is an unfinished write of a dead writer."""
-    kept = []
-    for lease in leases:
-        if lease.empty:
-            log.warning("reclaiming empty lease file for %s (a writer died mid-write)", lease.ip)
-            store.release(lease.ip)
-        else:
-            kept.append(lease)
-    return kept
+    empty = [lease for lease in leases if lease.empty]
+    for lease in empty:
+        log.warning("reclaiming empty lease file for %s (a writer died mid-write)", lease.ip)
+        store.release(lease.ip)
+    return [lease for lease in leases if not lease.empty] if empty else leases
 
 
 def owned_by(leases: Iterable[Lease], container_id: str, ifname: str) -> list[Lease]:
@@ -56,9 +54,8 @@ def allocate(range_sets: Iterable[RangeSet], requested: Iterable[IPAddress], sto
              container_id: str, ifname: str) -> list[IPConfig]:
     sets = list(range_sets)
     leases = _reclaim_empty(store, store.leases())
-    used: dict[int, set[int]] = {4: set(), 6: set()}  # per family, as integers: what _reserve_next compares
-    for lease in leases:
-        used[lease.ip.version].add(int(lease.ip))
+    # per family, as integers (what _reserve_next compares); kept up to date by the daemon's lease cache
+    used = {family: store.held(family) for family in {rset.family for rset in sets}}
     # Everything that can be decided without writing is decided first: a request that cannot succeed
     # leaves no trace, not even an advanced round-robin cursor (which a reserve-then-release would).
     wanted = _match_requested(sets, list(requested), owned_by(leases, container_id, ifname), container_id, ifname)
@@ -117,15 +114,16 @@ def _reserve_requested(rset: RangeSet, ip: IPAddress, idx: int, store: Store, ci
     return ip
 
 
-def _reserve_next(rset: RangeSet, idx: int, used: set[int], store: Store, cid: str, ifname: str) -> IPAddress:
+def _reserve_next(rset: RangeSet, idx: int, used: AbstractSet[int], store: Store, cid: str, ifname: str) -> IPAddress:
     # Addresses known to be taken are skipped without touching the disk, so the cost of an ADD does
     # not grow with the number of leases held near the cursor.
-    for value, rng in rset.candidate_ints(store.last_reserved(idx)):
-        if value in used:
-            continue
-        ip = type(rng.start)(value)
-        if store.reserve(ip, cid, ifname, idx):
-            return ip
+    for lo, hi, gateway, rng in rset.spans(store.last_reserved(idx)):
+        for value in range(lo, hi + 1):  # a plain loop: with 1,000 leases held it runs 1,000 times
+            if value in used or value == gateway:
+                continue
+            ip = type(rng.start)(value)
+            if store.reserve(ip, cid, ifname, idx):
+                return ip
     raise CNIError(ADDRESS_EXHAUSTED, f"no IP addresses available in range set: {rset}",
                    f"range set {idx} is full; DEL an attachment or widen the range")
 

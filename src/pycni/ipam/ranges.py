@@ -114,6 +114,14 @@ class RangeSet:
     def candidate_ints(self, last_reserved: IPAddress | None) -> Iterator[tuple[int, Range]]:
         """`candidates` as integers: the allocator walks past every held lease, and stepping an int
         costs a tenth of stepping an ipaddress object (1,000 held leases: ~0.2 ms instead of ~2 ms)."""
+        for lo, hi, gateway, r in self.spans(last_reserved):
+            for value in range(lo, hi + 1):  # never steps past the top of the address space
+                if value != gateway:
+                    yield value, r
+
+    def spans(self, last_reserved: IPAddress | None) -> list[tuple[int, int, int, Range]]:
+        """`candidate_ints` as (first, last, gateway or -1, range) spans of integers, in order: what a
+        caller that skips many held addresses walks with a plain loop."""
         ranges = self.ranges
         first_range, first_ip = 0, int(ranges[0].start)
         if last_reserved is not None:
@@ -126,6 +134,7 @@ class RangeSet:
                         first_ip = int(ranges[first_range].start)
                     break
         order = list(range(first_range, len(ranges))) + list(range(first_range + 1))
+        out = []
         for step, idx in enumerate(order):
             r = ranges[idx]
             if step == 0:
@@ -134,10 +143,8 @@ class RangeSet:
                 lo, hi = int(r.start), first_ip - 1
             else:
                 lo, hi = int(r.start), int(r.end)
-            gateway = int(r.gateway) if r.gateway is not None else -1
-            for value in range(lo, hi + 1):  # never steps past the top of the address space
-                if value != gateway:
-                    yield value, r
+            out.append((lo, hi, int(r.gateway) if r.gateway is not None else -1, r))
+        return out
 
     def __str__(self) -> str:
         return ",".join(str(r) for r in self.ranges)

@@ -24,6 +24,7 @@ import ipaddress
 import os
 import stat
 import threading
+from typing import Any
 
 from .. import faults
 from ..spec.errors import IO_FAILURE, CNIError
@@ -50,133 +51,211 @@ def _parse_ip(name: str) -> IPAddress | None:
     return ip if str(ip) == name else None  # only canonical names are leases
 
 
-# -- a long-lived process's view of a network directory (the daemon; see docs/performance.md) ------------
+# -- a long-lived process's view of network directories (the daemon; see docs/performance.md) -----------
 #
 # An exec'd plugin reads every lease file on each ADD, as the reference does (GetByID). A daemon keeps
-# what it has read: an inotify watch on the directory reports every name created, written, renamed or
-# removed - by this process, by a standalone pycni, by the reference host-local - and only those are
-# read again, so an ADD costs the same with 1,000 leases held as with none. The events of everything
-# done before we took the lock are queued when we read them: every writer holds the lock, and inotify
-# queues an event during the system call that causes it. A full rescan happens when the queue
-# overflowed, the watch went away or the directory was replaced. Without inotify (watch limits), a
-# cache keyed by each file's (inode, size, mtime, ctime) is used: one fstatat per lease.
+# what it has read in a LeaseCache, which it passes to every DiskStore it opens: an inotify watch on the
+# directory reports every name created, written, renamed or removed - by this process, by a standalone
+# pycni, by the reference host-local - and only those are read again, so an ADD costs the same with
+# 1,000 leases held as with none. The events of everything done before we took the lock are queued when
+# we read them: every writer holds the lock, and inotify queues an event during the system call that
+# causes it. A full rescan happens when the queue overflowed, the watch went away or the directory was
+# replaced. Without inotify (watch limits), a cache keyed by each file's (inode, size, mtime, ctime) is
+# used: one fstatat per lease.
 #
-# Kernel resources are bounded: ONE inotify instance for the whole process (root's limit of 128
-# instances is shared with containerd, the kubelet and systemd), at most MAX_WATCHES directories watched
-# (the least recently used one gives its watch back), and a watch whose directory is removed is
-# released by the kernel (IN_IGNORED) and forgotten here at the next event read.
+# Kernel resources are bounded: ONE inotify instance per cache (the daemon has one cache per worker
+# process; root's limit of 128 instances is shared with containerd, the kubelet and systemd), at most
+# max_watches directories watched (the least recently used one gives its watch back), and a watch
+# whose directory is removed is released by the kernel (IN_IGNORED) and forgotten here at the next
+# event read.
 MAX_WATCHES = 64
-_cache_enabled = False
-_lock = threading.Lock()  # the daemon's request threads share the instance and the views below
-_inotify_fd: int | None = None
-_watches: dict[str, _Watch] = {}  # network directory -> its watch, least recent first
-_by_wd: dict[int, _Watch] = {}
-# network directory -> lease file name -> ((inode, size, mtime_ns, ctime_ns), Lease): the fallback cache.
-_seen: dict[str, dict[str, tuple[tuple[int, int, int, int], Lease]]] = {}
+_MASK = 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800  # IN_MODIFY..IN_MOVE_SELF
+_GONE = 0x400 | 0x800 | 0x2000 | 0x8000  # delete/move self, unmount, ignored (the watch is removed)
+_IGNORED = 0x8000
+_OVERFLOW = 0x4000
+_ONLYDIR = 0x01000000
 
 
-def enable_cache() -> None:
-    """Keep lease directories in memory between requests (the daemon calls this once)."""
-    global _cache_enabled
-    _cache_enabled = True
+class LeaseCache:
+    """What a long-lived process knows of the lease directories it has opened (thread-safe: the
+    daemon's request threads share it). `inotify=False` keeps only the stat cache."""
+
+    def __init__(self, inotify: bool = True, max_watches: int = MAX_WATCHES) -> None:
+        self.inotify = inotify
+        self.max_watches = max_watches
+        self.lock = threading.Lock()
+        self.fd: int | None = None  # the inotify instance, opened with the first watch
+        self.watches: dict[str, _Watch] = {}  # network directory -> its watch, least recent first
+        self.by_wd: dict[int, _Watch] = {}
+        # network directory -> lease file name -> ((inode, size, mtime_ns, ctime_ns), Lease): the fallback.
+        self.seen: dict[str, dict[str, tuple[tuple[int, int, int, int], Lease]]] = {}
+        self._libc: Any = None
+
+    def close(self) -> None:
+        with self.lock:
+            if self.fd is not None:
+                os.close(self.fd)
+            self.fd = None
+            self.watches.clear()
+            self.by_wd.clear()
+            self.seen.clear()
+
+    def _instance(self) -> int:
+        if self.fd is None:
+            fd = self._call("inotify_init1", os.O_NONBLOCK | os.O_CLOEXEC)
+            self.fd = fd
+        return self.fd
+
+    def _call(self, name: str, *args) -> int:
+        import ctypes
+
+        if self._libc is None:
+            self._libc = ctypes.CDLL(None, use_errno=True)
+        value = getattr(self._libc, name)(*args)
+        if value < 0:
+            raise OSError(ctypes.get_errno(), name)
+        return value
+
+    def watch(self, path: str, dir_fd: int) -> _Watch | None:
+        """The directory's watch, up to date (a new one if it died or the directory was replaced);
+        None without inotify (the caller falls back to the stat cache)."""
+        if not self.inotify:
+            return None
+        ino = os.fstat(dir_fd).st_ino
+        with self.lock:
+            self._pump()
+            watch = self.watches.get(path)
+            if watch is not None and (watch.dead or watch.ino != ino):
+                self._release(watch)
+                watch = None
+            if watch is None:
+                while len(self.watches) >= self.max_watches:
+                    self._release(next(iter(self.watches.values())))  # the least recently used directory
+                try:
+                    wd = self._call("inotify_add_watch", self._instance(), f"/proc/self/fd/{dir_fd}".encode(),
+                                    _MASK | _ONLYDIR)
+                except OSError:
+                    return None  # no inotify here: the stat cache of leases() does the job
+                watch = _Watch(path, ino, wd)
+                stale = self.by_wd.get(wd)  # the same directory under another path: one view only
+                if stale is not None:
+                    self._forget(stale)
+                    stale.dead = True
+                self.watches[path] = self.by_wd[wd] = watch
+            self.watches[path] = self.watches.pop(path)  # most recently used last
+            return watch
+
+    def _forget(self, watch: _Watch) -> None:
+        if self.watches.get(watch.path) is watch:
+            del self.watches[watch.path]
+        if self.by_wd.get(watch.wd) is watch:
+            del self.by_wd[watch.wd]
+
+    def _release(self, watch: _Watch) -> None:
+        """Give the watch back (the kernel then queues IN_IGNORED for a wd nobody maps any more)."""
+        self._forget(watch)
+        if not watch.dead and self.fd is not None:
+            self._libc.inotify_rm_watch(self.fd, watch.wd)
+        watch.dead = True
+
+    def _pump(self) -> None:
+        """Take in every queued event of every watched directory (with the lock held)."""
+        import struct
+
+        if self.fd is None:
+            return
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return
+            pos = 0
+            while pos + 16 <= len(data):
+                wd, mask, _cookie, size = struct.unpack_from("iIII", data, pos)
+                name = data[pos + 16 : pos + 16 + size].rstrip(b"\0").decode(errors="surrogateescape")
+                pos += 16 + size
+                if mask & _OVERFLOW:  # events were lost, for any directory: rescan them all
+                    for each in self.watches.values():
+                        each.names = None
+                    continue
+                watch = self.by_wd.get(wd)
+                if watch is None:
+                    continue  # a watch we gave back
+                if mask & _GONE:
+                    watch.names = None
+                    watch.dead = True
+                    if mask & _IGNORED:  # the kernel removed the watch (directory deleted...)
+                        self._forget(watch)
+                elif name:
+                    watch.dirty.add(name)
+
+    def names(self, watch: _Watch, scan, read) -> dict[str, Lease | None]:
+        """The watched directory's names and their leases, read again (`read(name)`) only where
+        events said so; `scan()` lists the directory when the view is gone. The caller holds the flock."""
+        with self.lock:
+            self._pump()
+            if watch.names is None:
+                watch.dirty.clear()
+                watch.names, watch.temporaries, watch.held = {}, set(), {4: set(), 6: set()}
+                for name in scan():
+                    watch.put(name, read(name))
+                return watch.names
+            for name in watch.dirty:
+                watch.put(name, read(name))
+            watch.dirty.clear()
+            return watch.names
+
+    def remember(self, path: str, fresh: dict[str, tuple[tuple[int, int, int, int], Lease]]) -> None:
+        with self.lock:
+            self.seen.pop(path, None)
+            self.seen[path] = fresh  # what was released is forgotten; most recent last
+            while len(self.seen) > self.max_watches:
+                del self.seen[next(iter(self.seen))]
 
 
 class _Watch:
     """The inotify watch on one network directory, and the names it holds (None for non-lease names).
-    Only touched with _lock held."""
+    Only touched with its cache's lock held."""
 
-    MASK = 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800  # modify..move_self
-    GONE = 0x400 | 0x800 | 0x2000 | 0x8000  # delete/move self, unmount, ignored (the watch is removed)
-    OVERFLOW = 0x4000
-    ONLYDIR = 0x01000000
-    _libc = None
-
-    def __init__(self, path: str, dir_fd: int) -> None:
-        import ctypes
-
-        if _Watch._libc is None:
-            _Watch._libc = ctypes.CDLL(None, use_errno=True)
-        fd = _instance()
+    def __init__(self, path: str, ino: int, wd: int) -> None:
         self.path = path
-        self.ino = os.fstat(dir_fd).st_ino
-        self.wd = _Watch._libc.inotify_add_watch(fd, f"/proc/self/fd/{dir_fd}".encode(), self.MASK | self.ONLYDIR)
-        if self.wd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, "inotify_add_watch")
+        self.ino = ino
+        self.wd = wd
         self.names: dict[str, Lease | None] | None = None  # None: scan the directory
         self.dirty: set[str] = set()
         self.dead = False
+        # kept with `names`, so that no request walks 1,000 names to find them:
+        self.temporaries: set[str] = set()  # names of writers' temporary files
+        self.held: dict[int, set[int]] = {4: set(), 6: set()}  # family -> addresses of non-empty leases
 
-    def close(self) -> None:
-        """Give the watch back (the kernel then queues IN_IGNORED for a wd nobody maps any more)."""
-        _forget(self)
-        if not self.dead and _inotify_fd is not None:
-            _Watch._libc.inotify_rm_watch(_inotify_fd, self.wd)  # type: ignore[union-attr]
-        self.dead = True
-
-
-def _instance() -> int:
-    global _inotify_fd
-    if _inotify_fd is None:
-        import ctypes
-
-        libc = _Watch._libc or ctypes.CDLL(None, use_errno=True)
-        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1")
-        _inotify_fd = fd
-    return _inotify_fd
-
-
-def _forget(watch: _Watch) -> None:
-    if _watches.get(watch.path) is watch:
-        del _watches[watch.path]
-    if _by_wd.get(watch.wd) is watch:
-        del _by_wd[watch.wd]
-
-
-def _pump() -> None:
-    """Take in every queued event of every watched directory (with _lock held)."""
-    import struct
-
-    if _inotify_fd is None:
-        return
-    while True:
-        try:
-            data = os.read(_inotify_fd, 1 << 16)
-        except BlockingIOError:
+    def put(self, name: str, lease: Lease | None) -> None:
+        """Record what `name` is now (_MISSING: gone)."""
+        assert self.names is not None
+        old = self.names.pop(name, None)
+        if old is not None and not old.empty:
+            self.held[old.ip.version].discard(int(old.ip))
+        if lease is _MISSING:
+            self.temporaries.discard(name)
             return
-        pos = 0
-        while pos + 16 <= len(data):
-            wd, mask, _cookie, size = struct.unpack_from("iIII", data, pos)
-            name = data[pos + 16 : pos + 16 + size].rstrip(b"\0").decode(errors="surrogateescape")
-            pos += 16 + size
-            if mask & _Watch.OVERFLOW:  # events were lost, for any directory: rescan them all
-                for each in _watches.values():
-                    each.names = None
-                continue
-            watch = _by_wd.get(wd)
-            if watch is None:
-                continue  # a watch we gave back
-            if mask & _Watch.GONE:
-                watch.names = None
-                if mask & 0x8000:  # IN_IGNORED: the kernel removed the watch (directory deleted...)
-                    watch.dead = True
-                    _forget(watch)
-                elif mask & (0x400 | 0x800 | 0x2000):
-                    watch.dead = True
-            elif name:
-                watch.dirty.add(name)
+        self.names[name] = lease
+        if name.startswith(TMP_PREFIX):
+            self.temporaries.add(name)
+        if lease is not None and not lease.empty:
+            self.held[lease.ip.version].add(int(lease.ip))
+
+
+_MISSING: Lease = Lease(ipaddress.ip_address("0.0.0.0"), None, None)  # a name that no longer exists
 
 
 class DiskStore:
     """A locked view of one network's lease directory. Use as a context manager."""
 
-    def __init__(self, data_dir: str, network: str, create: bool = True) -> None:
+    def __init__(self, data_dir: str, network: str, create: bool = True, cache: LeaseCache | None = None) -> None:
         self.data_dir = data_dir
         self.network = network
         self.path = os.path.join(data_dir, network)
         self._create = create
+        self._cache = cache  # a long-lived process's view of the directory (None: read it every time)
         self._dir_fd: int | None = None
         self._lock_fd: int | None = None
         self._watch: _Watch | None = None
@@ -215,8 +294,8 @@ class DiskStore:
         except OSError as exc:
             self.close()
             raise _io_error("open the IPAM store", self.path, exc) from None
-        if _cache_enabled:
-            self._watch = self._watched()
+        if self._cache is not None:
+            self._watch = self._cache.watch(self.path, self._dir_fd)
         self._sweep_temporaries()
 
     @staticmethod
@@ -238,57 +317,38 @@ class DiskStore:
             raise RuntimeError("store is not open")
         return self._dir_fd
 
-    def _watched(self) -> _Watch | None:
-        """This directory's watch, up to date (a new one if it died or the directory was replaced)."""
-        ino = os.fstat(self.dir_fd).st_ino
-        with _lock:
-            _pump()
-            watch = _watches.get(self.path)
-            if watch is not None and (watch.dead or watch.ino != ino):
-                watch.close()
-                watch = None
-            if watch is None:
-                while len(_watches) >= MAX_WATCHES:
-                    next(iter(_watches.values())).close()  # the least recently used directory
-                try:
-                    watch = _Watch(self.path, self.dir_fd)
-                except OSError:
-                    return None  # no inotify here: the stat cache of leases() does the job
-                stale = _by_wd.get(watch.wd)  # the same directory under another path: one view only
-                if stale is not None:
-                    _forget(stale)
-                    stale.dead = True
-                _watches[self.path] = _by_wd[watch.wd] = watch
-            _watches[self.path] = _watches.pop(self.path)  # most recently used last
-            return watch
-
     def _names(self) -> dict[str, Lease | None]:
-        """The directory's names, read again only where events said so (the caller holds the flock)."""
-        watch = self._watch
-        assert watch is not None
-        with _lock:
-            _pump()
-            names = watch.names
-            if names is None:
-                watch.dirty.clear()
-                names = {}
-                for entry in os.scandir(self.dir_fd):
-                    ip = _parse_ip(entry.name)
-                    names[entry.name] = self._lease(ip, entry.name) if ip is not None else None
-                watch.names = names
-                return names
-            for name in watch.dirty:
-                try:
-                    os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    names.pop(name, None)
-                    continue
-                except OSError:
-                    pass  # exists but cannot be looked at: _lease records it as unreadable
-                ip = _parse_ip(name)
-                names[name] = self._lease(ip, name) if ip is not None else None
-            watch.dirty.clear()
-            return names
+        """The directory's names, from the cache's view (the caller holds the flock)."""
+        assert self._watch is not None and self._cache is not None
+        return self._cache.names(self._watch, self._scan, self._named)
+
+    def _scan(self) -> list[str]:
+        return [entry.name for entry in os.scandir(self.dir_fd)]
+
+    def _named(self, name: str) -> Lease | None:
+        """What the name `name` is now: a lease, None (not a lease name), _MISSING (gone)."""
+        try:
+            os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return _MISSING
+        except OSError:
+            pass  # exists but cannot be looked at: _lease records it as unreadable
+        ip = _parse_ip(name)
+        return self._lease(ip, name) if ip is not None else None
+
+    def temporaries(self) -> list[str]:
+        """Names of temporary files (TMP_PREFIX) in the directory."""
+        if self._watch is not None:
+            self._names()
+            return sorted(self._watch.temporaries)
+        return [e.name for e in os.scandir(self.dir_fd) if e.name.startswith(TMP_PREFIX)]
+
+    def held(self, family: int) -> set[int]:
+        """The addresses (as integers) of the non-empty leases of one family: what an ADD must skip."""
+        if self._watch is not None:
+            self._names()
+            return set(self._watch.held[family])
+        return {int(lease.ip) for lease in self.leases() if not lease.empty and lease.ip.version == family}
 
     def _sweep_temporaries(self) -> None:
         """Temporary files seen while we hold the lock belong to writers that died: remove them.
@@ -296,8 +356,7 @@ class DiskStore:
         Only regular files are ours (every writer creates its temporary with O_CREAT|O_EXCL): a symlink,
         a FIFO or a directory someone made with our prefix is left alone, and a name we cannot remove (an
         immutable file) must not stop the verb - every writer uses a fresh temporary name."""
-        names = self._names() if self._watch is not None else [e.name for e in os.scandir(self.dir_fd)]
-        for name in [n for n in names if n.startswith(TMP_PREFIX)]:
+        for name in self.temporaries():
             try:
                 if stat.S_ISREG(os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False).st_mode):
                     os.unlink(name, dir_fd=self.dir_fd)
@@ -325,7 +384,7 @@ class DiskStore:
         """Every lease file, parsed (in the daemon: from its in-memory view, see _Watch)."""
         if self._watch is not None:
             return [lease for lease in self._names().values() if lease is not None]
-        if not _cache_enabled:
+        if self._cache is None:
             out = []
             for entry in os.scandir(self.dir_fd):
                 ip = _parse_ip(entry.name)
@@ -337,7 +396,7 @@ class DiskStore:
             return out
         # Fallback cache: a lease file is written once and then only removed, so what was read is
         # reused while the file's inode, size, mtime and ctime are unchanged (one fstatat per lease).
-        seen = _seen.get(self.path, {})
+        seen = self._cache.seen.get(self.path, {})
         fresh: dict[str, tuple[tuple[int, int, int, int], Lease]] = {}
         out = []
         for entry in os.scandir(self.dir_fd):
@@ -362,11 +421,7 @@ class DiskStore:
                 continue
             fresh[name] = (key, lease)
             out.append(lease)
-        with _lock:
-            _seen.pop(self.path, None)
-            _seen[self.path] = fresh  # what was released is forgotten; most recent last
-            while len(_seen) > MAX_WATCHES:
-                del _seen[next(iter(_seen))]
+        self._cache.remember(self.path, fresh)
         return out
 
     def _lease(self, ip: IPAddress, name: str) -> Lease | None:

@@ -16,12 +16,17 @@ from ..spec.result import DNS, Result
 from . import allocator
 from .config import Config, IPAMConfig, ipam_config
 from .ranges import parse_ip
-from .store import DiskStore
+from .store import DiskStore, LeaseCache
 
 __all__ = ["KNOWN_ARGS", "Config", "add", "check", "delete", "gc", "settings", "status"]
 
 # CNI_ARGS keys host-local understands (the reference's IPAMArgs): IP=addr[,addr...]
 KNOWN_ARGS = frozenset({"IP"})
+
+
+def _leases(req: Request) -> LeaseCache | None:
+    """The lease cache of a long-lived caller (the daemon), None for an exec'd plugin."""
+    return req.context.leases if req.context is not None else None
 
 
 def settings(req: Request[Config]) -> IPAMConfig:
@@ -34,7 +39,7 @@ def add(req: Request[Config], cfg: IPAMConfig | None = None) -> Result:
     """SPEC.md "ADD": one address per range set for (CNI_CONTAINERID, CNI_IFNAME), plus routes and DNS."""
     cfg = cfg or settings(req)
     dns = parse_resolv_conf(cfg.resolv_conf) if cfg.resolv_conf else DNS()
-    with DiskStore(cfg.data_dir, cfg.network) as store:
+    with DiskStore(cfg.data_dir, cfg.network, cache=_leases(req)) as store:
         faults.point("ipam.add.locked")
         ips = allocator.allocate(cfg.range_sets, cfg.requested, store, req.container_id, req.ifname)
         faults.point("ipam.add.allocated")
@@ -44,7 +49,7 @@ def add(req: Request[Config], cfg: IPAMConfig | None = None) -> Result:
 def delete(req: Request[Config], cfg: IPAMConfig | None = None) -> None:
     """SPEC.md "DEL": release every lease of the attachment; nothing to release is success."""
     cfg = cfg or settings(req)
-    store = DiskStore(cfg.data_dir, cfg.network, create=False)
+    store = DiskStore(cfg.data_dir, cfg.network, create=False, cache=_leases(req))
     if not store.exists():
         return  # DEL must not create state
     with store:
@@ -55,7 +60,7 @@ def delete(req: Request[Config], cfg: IPAMConfig | None = None) -> None:
 def check(req: Request[Config], cfg: IPAMConfig | None = None) -> None:
     """SPEC.md "CHECK": the attachment holds a lease, and every prevResult address in our ranges is its."""
     cfg = cfg or settings(req)
-    store = DiskStore(cfg.data_dir, cfg.network, create=False)
+    store = DiskStore(cfg.data_dir, cfg.network, create=False, cache=_leases(req))
     if not store.exists():
         raise CNIError(CHECK_FAILED, f"host-local: failed to find address added by container {req.container_id}")
     with store:
@@ -73,7 +78,7 @@ def status(req: Request[Config], cfg: IPAMConfig | None = None) -> None:
     """SPEC.md "STATUS": code 50 when an ADD could not succeed - the store cannot be created or written,
     or a range set has no free address (every address leased). Creates nothing."""
     cfg = cfg or settings(req)
-    store = DiskStore(cfg.data_dir, cfg.network, create=False)
+    store = DiskStore(cfg.data_dir, cfg.network, create=False, cache=_leases(req))
     if store.exists():
         try:
             with store:
@@ -99,7 +104,7 @@ def gc(req: Request[Config], cfg: IPAMConfig | None = None) -> None:
     the same reading as the bridge's). List and config are validated before the store is touched."""
     valid = valid_attachments(req.raw)
     cfg = cfg or settings(req)
-    store = DiskStore(cfg.data_dir, cfg.network, create=False)
+    store = DiskStore(cfg.data_dir, cfg.network, create=False, cache=_leases(req))
     if not store.exists():
         return
     with store:

@@ -70,15 +70,21 @@ class Model(BaseModel):
     @classmethod
     def _null_is_absent(cls, data: object) -> object:
         """Go's encoding/json: "unmarshaling a JSON null into any other Go type has no effect"."""
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or None not in data.values():
             return data
-        drop = set()
-        for name, field in cls.model_fields.items():
-            if not _nullable(field.annotation):
-                drop.add(name)
-                if field.alias:
-                    drop.add(field.alias)
+        drop = _NOT_NULLABLE.get(cls)
+        if drop is None:  # worked out once per model class (a daemon validates thousands of configs)
+            keys: set[str] = set()
+            for name, field in cls.model_fields.items():
+                if not _nullable(field.annotation):
+                    keys.add(name)
+                    if field.alias:
+                        keys.add(field.alias)
+            _NOT_NULLABLE[cls] = drop = frozenset(keys)
         return {k: v for k, v in data.items() if not (v is None and k in drop)}
+
+
+_NOT_NULLABLE: dict[type, frozenset[str]] = {}  # model class -> keys whose null means "absent"
 
 
 class IPRange(Model):

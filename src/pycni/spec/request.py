@@ -8,7 +8,7 @@ or a long-lived daemon).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .env import CniArgs, Environment
 
@@ -26,6 +26,9 @@ class Request(Generic[C]):
     # The caller's whole environment (the runtime's, also when the daemon serves the request):
     # what an exec'd delegate inherits. None: this process's os.environ.
     environ: dict[str, str] | None = None
+    # What a long-lived process keeps between requests (pycni.context.Context: the lease cache, the
+    # netlink handles); None in an exec'd plugin, which starts from nothing every time.
+    context: Any = None
 
     @property
     def container_id(self) -> str:

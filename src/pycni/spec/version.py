@@ -33,7 +33,7 @@ def declared(stdin: bytes) -> str | None:
 
 def for_error(declared_version: str | None) -> str:
     """SPEC.md "Error": an error's cniVersion is "the protocol version in use" - the configuration's
-    when it is one we speak, else the latest. Every error document pycni prints uses this (cli.run for
+    when it is one we speak, else the latest. Every error document pycni prints uses this (runner.run for
     the verbs' errors, daemon.wire.try_again for a daemon that failed mid-request)."""
     return declared_version if declared_version in SUPPORTED_VERSIONS else LATEST
 
