@@ -62,6 +62,7 @@ from kl_kube import KubectlCluster
 
 NETWORK = "pycni"
 LEASE_DIR = f"/var/lib/cni/networks/{NETWORK}"
+REBOOT_CONVERGENCE = 60.0  # seconds from "pods Ready on the restarted node" to cross-node traffic (logged)
 
 
 def log(msg: str) -> None:
@@ -316,8 +317,12 @@ def check_reboot(k: Kind, pods: dict[str, Pod]) -> None:
         p.ip = k.pod_ip(p.name)
     log(f"  back: {', '.join(f'{p.name}={p.ip}' for p in on_victim)}")
     a1 = pods["a1"]
+    t0 = time.monotonic()
     for p in on_victim:
-        ping(k, a1, p.ip)
+        # Ready pods are not yet a converged network (the restarted node's address may change, and the other
+        # nodes' agents follow it on their next round): it must come back, within REBOOT_CONVERGENCE.
+        ping(k, a1, p.ip, timeout=REBOOT_CONVERGENCE)
+        log(f"  {a1.name} -> {p.name} answers {time.monotonic() - t0:.0f}s after the pods were back")
         got = whoami(k, a1, p.ip)
         if got != a1.ip:
             raise CheckFailed(f"after the reboot {p.name} saw {got}, expected {a1.ip} (no NAT)")

@@ -60,12 +60,12 @@ def retry_check(fn, what: str, timeout: float = 20.0, interval: float = 0.5):
     return retry(fn, what, timeout=timeout, interval=interval, retry_on=(CheckFailed,), fail=CheckFailed)
 
 
-def ping(cluster: Cluster, pod: Pod, ip: str) -> None:
+def ping(cluster: Cluster, pod: Pod, ip: str, timeout: float = 10.0) -> None:
     def once():
         rc, out = cluster.exec(pod, ["ping", "-c", "2", "-W", "2", ip])
         if rc != 0:
             raise CheckFailed(f"ping {pod.name}({pod.node}) -> {ip}: rc={rc} {out.strip()[-300:]}")
-    retry_check(once, f"ping from {pod.name} to {ip}", timeout=10)
+    retry_check(once, f"ping from {pod.name} to {ip}", timeout=timeout)
 
 
 def http_get(cluster: Cluster, pod: Pod, host: str, port: int, path: str, timeout: float = 20.0) -> str:
