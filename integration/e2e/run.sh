@@ -18,10 +18,8 @@
 #      E2E_LOAD_IMAGES (1: `kind load image-archive` the test images when a node lacks one; 0: never).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-BUILD=${BUILD:-$ROOT/build}
-case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
-CLUSTER_NAME=${CLUSTER_NAME:-pycni}
+# shellcheck source=../harness/cluster-paths.sh
+. "$HERE/../harness/cluster-paths.sh"  # ROOT, BUILD (absolute), CLUSTER_NAME
 CACHE=${PYCNI_CACHE:-/var/cache/pycni}
 SUITE=${1:-all}
 

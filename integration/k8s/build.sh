@@ -3,7 +3,7 @@
 # modules, then (with `images` / `node-image`) the control-plane images and the kind node image, offline.
 #
 #   build.sh bins         the static binaries (no docker needed)
-#   build.sh images       + the component images (docker-archive tarballs; needs DOCKER_HOST, see dockerd.sh)
+#   build.sh images       + the component images (docker-archive tarballs; needs DOCKER_HOST, see integration/harness/dockerd.sh)
 #   build.sh node-image   + the kind node image (debootstrap rootfs + binaries + preloaded images)
 #   build.sh all          = node-image (default)
 #

@@ -120,7 +120,7 @@ make_image() {
 }
 
 require_docker() {
-  [ -n "${DOCKER_HOST:-}" ] || die 'DOCKER_HOST is not set: eval "$(integration/k8s/dockerd.sh start)" first'
+  [ -n "${DOCKER_HOST:-}" ] || die 'DOCKER_HOST is not set: eval "$(integration/harness/dockerd.sh start)" first'
   docker version >/dev/null 2>&1 || die "no docker daemon answers at $DOCKER_HOST"
 }
 

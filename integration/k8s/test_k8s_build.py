@@ -44,13 +44,13 @@ def docker_env():
         pytest.skip("needs root (dockerd, debootstrap)")
     name = f"k8stest-{uuid.uuid4().hex[:6]}"
     env = dict(os.environ, PYCNI_DOCKER_NAME=name)
-    out = run("bash", str(HERE / "dockerd.sh"), "start", env=env)
+    out = run("bash", str(HERE.parent / "harness" / "dockerd.sh"), "start", env=env)
     env["DOCKER_HOST"] = re.search(r"DOCKER_HOST=(\S+)", out).group(1)
     try:
         run("bash", str(HERE / "build.sh"), "all", env=env, timeout=7200)
         yield env
     finally:
-        run("bash", str(HERE / "dockerd.sh"), "purge", env=env, check=False)
+        run("bash", str(HERE.parent / "harness" / "dockerd.sh"), "purge", env=env, check=False)
 
 
 def docker(env: dict, *args: str, timeout: float = 120, check: bool = True) -> str:

@@ -10,7 +10,7 @@
 #
 # Two modes (PYCNI_KIND_MODE):
 #   offline  (default; our machines: no registry, no --privileged) - the docker daemon of
-#            integration/k8s/dockerd.sh (its own network namespace, instance PYCNI_DOCKER_NAME=kind), kind, kubectl
+#            integration/harness/dockerd.sh (its own network namespace, instance PYCNI_DOCKER_NAME=kind), kind, kubectl
 #            and the node image PYCNI_NODE_IMAGE built by integration/k8s (from source, offline), and
 #            integration/kind/docker first on PATH: kind's `docker run --privileged` rewritten into what runs here.
 #            The API server's port exists only in that namespace: a socat on the host's 127.0.0.1 (same port)
@@ -21,16 +21,14 @@
 #      KIND_CONFIG (kind-config.yaml), WAIT (seconds for each readiness wait, default 600).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-BUILD=${BUILD:-$ROOT/build}
-case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
-CLUSTER_NAME=${CLUSTER_NAME:-pycni}
+# shellcheck source=../harness/cluster-paths.sh
+. "$HERE/../harness/cluster-paths.sh"  # ROOT, BUILD (absolute), CLUSTER_NAME
 MODE=${PYCNI_KIND_MODE:-offline}
 AGENT_IMAGE=${PYCNI_AGENT_IMAGE:-pycni/agent:dev}
 E2E_IMAGE=${PYCNI_E2E_IMAGE:-pycni/e2e:1}
 KIND_CONFIG=${KIND_CONFIG:-$HERE/kind-config.yaml}
 WAIT=${WAIT:-600}
-K8S_DIR=${PYCNI_K8S_DIR:-$ROOT/integration/k8s}  # integration/k8s: versions, dockerd.sh, build.sh
+K8S_DIR=${PYCNI_K8S_DIR:-$ROOT/integration/k8s}  # integration/k8s: versions, build.sh
 STATE=$BUILD/cluster-$CLUSTER_NAME       # what `up` started (pids), for `down`
 KUBECONFIG_OUT=$BUILD/kubeconfig
 ENV_OUT=$BUILD/cluster.env
@@ -48,7 +46,7 @@ setup_tools() {
     export PYCNI_DOCKER_NAME=${PYCNI_DOCKER_NAME:-kind}
     NODE_IMAGE=${PYCNI_NODE_IMAGE:-$NODE_IMAGE}
     export PATH="$HERE:$CACHE/kind/$KIND_VERSION/bin:$CACHE/k8s/$K8S_VERSION/bin:$PATH"
-    DOCKERD="$K8S_DIR/dockerd.sh"
+    DOCKERD="$ROOT/integration/harness/dockerd.sh"
   elif [ "$MODE" = registry ]; then
     NODE_IMAGE=${KIND_IMAGE:-}
   else

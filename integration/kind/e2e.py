@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -39,19 +40,21 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "kindlab"))
+sys.path[:0] = [os.path.join(os.path.dirname(HERE), "kindlab"), os.path.dirname(HERE)]  # kl_* and the harness
 
+from harness.processes import run
+from harness.wait import wait_for
 from kl_checks import (
     HTTP_PORT,
     CheckFailed,
     Pod,
-    _retry,
     check_cross_node,
     check_dns,
     check_host_port,
     check_same_node,
     http_get,
     ping,
+    retry_check,
     start_pods,
     whoami,
 )
@@ -59,6 +62,7 @@ from kl_kube import KubectlCluster
 
 NETWORK = "pycni"
 LEASE_DIR = f"/var/lib/cni/networks/{NETWORK}"
+REBOOT_CONVERGENCE = 60.0  # seconds from "pods Ready on the restarted node" to cross-node traffic (logged)
 
 
 def log(msg: str) -> None:
@@ -76,8 +80,7 @@ class Kind(KubectlCluster):
     name = "kind"
 
     def node_sh(self, node: str, script: str, timeout: float = 60, check: bool = True) -> str:
-        proc = subprocess.run([self.docker, "exec", node, "bash", "-c", script], capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        proc = run([self.docker, "exec", node, "bash", "-c", script], timeout=timeout, check=False)
         if check and proc.returncode != 0:
             raise CheckFailed(f"{node}: {script[:80]!r}: rc={proc.returncode} {proc.stderr.strip()[-500:]}")
         return proc.stdout
@@ -188,7 +191,7 @@ def check_services(k: Kind, pods: dict[str, Pod]) -> None:
                     out = k.node_get(node, host, port)
                     if " 200 " not in out.split("\n", 1)[0] or "hello" not in out:
                         raise CheckFailed(f"{what} {host}:{port} from node {node}: {out.strip()[-200:]!r}")
-                _retry(once, f"{what} from {node}", timeout=60, interval=1)
+                retry_check(once, f"{what} from {node}", timeout=60, interval=1)
     finally:
         k.delete_service("pycni-e2e-web")
         k.delete_service("pycni-e2e-np")
@@ -223,11 +226,9 @@ def check_rolling_update(k: Kind, pods: dict[str, Pod], image: str) -> None:
         k.kubectl("-n", "kube-system", "set", "image", "daemonset/pycni-agent", f"agent={image}", f"daemon={image}")
         # Pods created while the update runs: one per node, started as soon as the rollout is under way.
         new = {}
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if any(p["spec"]["containers"][0]["image"] == image for p in agent_pods(k).values()):
-                break
-            time.sleep(0.5)
+        with contextlib.suppress(CheckFailed):  # (after 60 s without a new agent pod, start them anyway)
+            wait(lambda: any(p["spec"]["containers"][0]["image"] == image for p in agent_pods(k).values()),
+                 "the rollout under way", 60, interval=0.5)
         for i, node in enumerate(k.nodes()):
             new[f"u{i}"] = pods[f"u{i}"] = k.run_pod(f"pycni-u{i}", node)  # in `pods`: cleanup deletes them
         k.kubectl("-n", "kube-system", "rollout", "status", "daemonset/pycni-agent", "--timeout=600s", timeout=620)
@@ -248,7 +249,7 @@ def check_rolling_update(k: Kind, pods: dict[str, Pod], image: str) -> None:
                 if "done" not in out:
                     raise CheckFailed("probe loop still running")
                 return out
-            logs[p.name] = _retry(finished, f"probe loop in {p.name}", timeout=30)
+            logs[p.name] = retry_check(finished, f"probe loop in {p.name}", timeout=30)
         for name, out in logs.items():
             ok = sum(1 for line in out.splitlines() if line.startswith("ok "))
             fails = [line for line in out.splitlines() if line.startswith("FAIL")]
@@ -268,17 +269,9 @@ def check_rolling_update(k: Kind, pods: dict[str, Pod], image: str) -> None:
 
 
 def wait(pred, what: str, timeout: float, interval: float = 2.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            got = pred()
-            if got:
-                return got
-        except (CheckFailed, subprocess.SubprocessError, RuntimeError, ValueError, KeyError) as exc:
-            last = exc
-        time.sleep(interval)
-    raise CheckFailed(f"{what}: not within {timeout:.0f}s ({last})")
+    """pred() until it returns something true; a failing command or a half-written answer counts as "not yet"."""
+    return wait_for(pred, what, timeout=timeout, interval=interval, fail=CheckFailed,
+                    retry_on=(CheckFailed, subprocess.SubprocessError, RuntimeError, ValueError, KeyError))
 
 
 def check_reboot(k: Kind, pods: dict[str, Pod]) -> None:
@@ -324,8 +317,12 @@ def check_reboot(k: Kind, pods: dict[str, Pod]) -> None:
         p.ip = k.pod_ip(p.name)
     log(f"  back: {', '.join(f'{p.name}={p.ip}' for p in on_victim)}")
     a1 = pods["a1"]
+    t0 = time.monotonic()
     for p in on_victim:
-        ping(k, a1, p.ip)
+        # Ready pods are not yet a converged network (the restarted node's address may change, and the other
+        # nodes' agents follow it on their next round): it must come back, within REBOOT_CONVERGENCE.
+        ping(k, a1, p.ip, timeout=REBOOT_CONVERGENCE)
+        log(f"  {a1.name} -> {p.name} answers {time.monotonic() - t0:.0f}s after the pods were back")
         got = whoami(k, a1, p.ip)
         if got != a1.ip:
             raise CheckFailed(f"after the reboot {p.name} saw {got}, expected {a1.ip} (no NAT)")
@@ -374,7 +371,7 @@ def check_cleanup(k: Kind, pods: dict[str, Pod]) -> None:
                 problems.append(f"{node}: sandboxes {sorted(left)}")
         if problems:
             raise CheckFailed("; ".join(problems))
-    _retry(clean, "the deleted pods' leases, veths, rules and sandboxes gone", timeout=180, interval=3)
+    retry_check(clean, "the deleted pods' leases, veths, rules and sandboxes gone", timeout=180, interval=3)
 
 
 # -- main --------------------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@
 #       digest, which the agent installs over the old one (the e2e rolling update uses it).
 #   images.sh e2e TAG
 #       the test pods' image: busybox-static only (httpd, nc, nslookup, ping).
+# The root filesystems, the ldd closures and the import are integration/harness/images.py's (shared with the
+# runtime and docker-node suites).
 #
 # DOCKER_HOST selects the engine. Needs: docker, busybox-static, nftables (integration/deps.sh).
 set -euo pipefail
@@ -19,33 +21,10 @@ BUSYBOX=/bin/busybox
 
 die() { echo "images.sh: $*" >&2; exit 1; }
 
-busybox_root() {  # busybox_root DIR: a root filesystem with busybox and every applet in /bin
-  local r=$1 a
-  mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,tmp,run,var/run,root}
-  chmod 1777 "$r/tmp"
-  cp "$BUSYBOX" "$r/bin/busybox"
-  for a in $("$BUSYBOX" --list); do
-    [ "$a" = busybox ] || [ -e "$r/bin/$a" ] || ln -s busybox "$r/bin/$a"
-  done
-  printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$r/etc/passwd"
-  printf 'root:x:0:\nnogroup:x:65534:\n' >"$r/etc/group"
-}
+IMAGES=(python3 -I "$ROOT/integration/harness/images.py")  # the harness's image builder (stdlib only)
 
-add_binary() {  # add_binary ROOT PATH: the binary and its ldd closure at the same paths
-  local r=$1 bin=$2 lib
-  install -D -m 0755 "$(readlink -f "$bin")" "$r$bin"
-  for lib in $(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
-    [ -e "$r$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$r$lib"
-  done
-}
-
-import() {  # import ROOT TAG CHANGE...
-  local r=$1 tag=$2
-  shift 2
-  local args=() c
-  for c in "$@"; do args+=(-c "$c"); done
-  tar -C "$r" --numeric-owner -c . | docker import "${args[@]}" - "$tag" >/dev/null
-  echo "images.sh: built $tag"
+import() {  # import ROOT TAG CHANGE...: tar -C ROOT -c . | docker import -c CHANGE... - TAG
+  "${IMAGES[@]}" docker-import "$@"
 }
 
 [ -x "$BUSYBOX" ] || die "$BUSYBOX missing (apt-get install busybox-static)"
@@ -57,8 +36,8 @@ case ${1:-} in
     [ -x "$bundle/pycni" ] && [ -d "$bundle/pycni.d" ] || die "no bundle in $bundle (make bundle)"
     command -v nft >/dev/null || die "nft missing (apt-get install nftables)"
     r=$tmp/root
-    busybox_root "$r"
-    add_binary "$r" "$(command -v nft)"
+    "${IMAGES[@]}" rootfs "$r"
+    "${IMAGES[@]}" add-binary "$r" "$(command -v nft)"
     cp -a "$bundle" "$r/bundle"
     [ -z "$revision" ] || echo "$revision" >"$r/bundle/pycni.d/REVISION"
     install -m 0755 "$HERE/entrypoint.sh" "$r/entrypoint.sh"
@@ -67,8 +46,8 @@ case ${1:-} in
     ;;
   e2e)
     tag=${2:?tag}
-    busybox_root "$tmp/root"
+    "${IMAGES[@]}" rootfs "$tmp/root"
     import "$tmp/root" "$tag" 'ENV PATH=/bin' 'CMD ["sh"]'
     ;;
-  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,16p' "$0" >&2; exit 2 ;;
 esac

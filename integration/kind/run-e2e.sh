@@ -12,9 +12,8 @@
 # registry (docker, kind, kubectl on PATH and kind's own node image); see integration/kind/README.md.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-BUILD=${BUILD:-$ROOT/build}
-CLUSTER_NAME=${CLUSTER_NAME:-pycni}
+# shellcheck source=../harness/cluster-paths.sh
+. "$HERE/../harness/cluster-paths.sh"  # ROOT, BUILD (absolute), CLUSTER_NAME
 UPDATE_IMAGE=${PYCNI_UPDATE_IMAGE:-pycni/agent:dev-update}
 PY=${PYTHON:-python3}
 T0=$(date +%s)

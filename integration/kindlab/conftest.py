@@ -14,37 +14,30 @@ instead of building one into the scratch dir.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from kl_host import NETNS_DIR, Cleanup, log, mounts_under, pids_in_netns, reap_stale
+from harness.cleanup import Cleanup, interrupt_on_sigterm
+from harness.netns import NETNS_DIR
+from harness.processes import comm, missing, pid_alive
+from harness.scratch import cgroup_exists, mounts_under, preflight
 
 NEEDED = ["dockerd", "containerd", "containerd-shim-runc-v2", "ctr", "runc", "nsenter", "ip", "ldd", "tar",
           "xtables-nft-multi", "nft"]
 
 
-def _sigterm_to_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def pytest_configure(config):
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    interrupt_on_sigterm()
     config.addinivalue_line("markers", "cluster: a kind-style cluster (docker node containers in a dedicated "
                                        "namespace, or a real kind cluster); needs root")
 
 
 def _missing() -> list[str]:
-    out = [b for b in NEEDED if not shutil.which(b)]
-    for f in ("/bin/busybox", "/usr/lib/cni/loopback", "/usr/lib/cni/portmap"):
-        if not os.path.exists(f):
-            out.append(f)
+    out = missing(NEEDED, ["/bin/busybox", "/usr/lib/cni/loopback", "/usr/lib/cni/portmap"])
     try:
         import cri_api  # noqa: F401
         import docker  # noqa: F401
@@ -56,13 +49,9 @@ def _missing() -> list[str]:
 
 @pytest.fixture(scope="session")
 def local_cluster():
-    if os.geteuid() != 0:
-        pytest.skip("the local cluster needs root")
-    missing = _missing()
-    if missing:
-        pytest.skip(f"missing: {', '.join(missing)} (make deps; make venv)")
-    for item in reap_stale():
-        log(f"reaped a killed earlier run: {item}")
+    reason = preflight("pycnikl", _missing())
+    if reason:
+        pytest.skip(f"the local cluster: {reason}")
     from kl_local import LocalCluster
 
     cleanup = Cleanup()
@@ -72,25 +61,34 @@ def local_cluster():
         cluster.up()
         yield cluster
     finally:
-        host = cluster.host
+        host, scratch = cluster.host, cluster.scratch
+        dockerd_pid = host.pid if host is not None else None
+        try:
+            created = (host.run_dir / "created-host-paths").read_text().split() if host is not None else []
+        except OSError:
+            created = []
         cleanup.run_all()
+        left = []
         if host is not None:
-            left = []
             if (NETNS_DIR / host.netns).exists():
                 left.append(f"netns {host.netns}")
-            if host.scratch.exists():
-                left.append(f"scratch {host.scratch}")
-            if mounts_under(str(host.scratch)):
-                left.append(f"mounts {mounts_under(str(host.scratch))}")
-            if host.pid is not None:
-                left.append(f"dockerd {host.pid}")
-            if any(os.path.isdir(f"/sys/fs/cgroup/{c}/{host.cgroup_parent.strip('/')}")
-                   for c in os.listdir("/sys/fs/cgroup")):
+            if host.run_dir.exists():
+                left.append(f"dockerd run dir {host.run_dir}")
+            if dockerd_pid is not None and pid_alive(dockerd_pid):
+                left.append(f"dockerd {dockerd_pid}")
+            if cgroup_exists(host.cgroup_parent):
                 left.append(f"cgroup {host.cgroup_parent}")
-            left += [f"host path {p}" for p in host.created_host_paths if p.exists()]
-            assert not left, f"left behind: {left}"
-            assert not cleanup.errors, f"cleanup errors: {cleanup.errors}"
-            assert not pids_in_netns(host.ns_path)
+            # dockerd.sh removes the host files dockerd 20.10 always writes when this run created them and no
+            # other dockerd runs (another session's may use them)
+            if not [p for p in os.listdir("/proc") if p.isdigit() and comm(p) == "dockerd"]:
+                left += [f"host path {p}" for p in created if os.path.lexists(p)]
+        if scratch is not None:
+            if scratch.path.exists():
+                left.append(f"scratch {scratch.path}")
+            if mounts_under(scratch.path):
+                left.append(f"mounts {mounts_under(scratch.path)}")
+        assert not left, f"left behind: {left}"
+        assert not cleanup.errors, f"cleanup errors: {cleanup.errors}"
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from harness.wait import retry
+
 HTTP_PORT = 8080
 HOST_PORT = 18080
 # One shell line so a plain busybox image works on both back ends (kind pulls docker.io busybox).
@@ -53,25 +55,17 @@ class CheckFailed(AssertionError):
     pass
 
 
-def _retry(fn, what: str, timeout: float = 20.0, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            return fn()
-        except CheckFailed as exc:
-            last = exc
-            if time.monotonic() > deadline:
-                raise CheckFailed(f"{what}: {last}") from None
-            time.sleep(interval)
+def retry_check(fn, what: str, timeout: float = 20.0, interval: float = 0.5):
+    """fn() until it stops raising CheckFailed (harness.wait.retry); CheckFailed at the deadline."""
+    return retry(fn, what, timeout=timeout, interval=interval, retry_on=(CheckFailed,), fail=CheckFailed)
 
 
-def ping(cluster: Cluster, pod: Pod, ip: str) -> None:
+def ping(cluster: Cluster, pod: Pod, ip: str, timeout: float = 10.0) -> None:
     def once():
         rc, out = cluster.exec(pod, ["ping", "-c", "2", "-W", "2", ip])
         if rc != 0:
             raise CheckFailed(f"ping {pod.name}({pod.node}) -> {ip}: rc={rc} {out.strip()[-300:]}")
-    _retry(once, f"ping from {pod.name} to {ip}", timeout=10)
+    retry_check(once, f"ping from {pod.name} to {ip}", timeout=timeout)
 
 
 def http_get(cluster: Cluster, pod: Pod, host: str, port: int, path: str, timeout: float = 20.0) -> str:
@@ -85,7 +79,7 @@ def http_get(cluster: Cluster, pod: Pod, host: str, port: int, path: str, timeou
         if rc != 0 or not sep or " 200 " not in head.splitlines()[0]:
             raise CheckFailed(f"GET http://{host}:{port}{path} from {pod.name}({pod.node}): rc={rc} {out.strip()[-300:]}")
         return body.strip()
-    return _retry(once, f"GET http://{host}:{port}{path} from {pod.name}", timeout=timeout)
+    return retry_check(once, f"GET http://{host}:{port}{path} from {pod.name}", timeout=timeout)
 
 
 def whoami(cluster: Cluster, pod: Pod, host: str, port: int = HTTP_PORT) -> str:
@@ -159,7 +153,7 @@ def check_dns(cluster: Cluster, pods: dict[str, Pod]) -> None:
             got = resolve(cluster, pods["a1"], name)
             if got != [ip]:
                 raise CheckFailed(f"{name} resolved to {got}, expected the ClusterIP [{ip}]")
-        _retry(once, "DNS", timeout=60, interval=2)
+        retry_check(once, "DNS", timeout=60, interval=2)
     finally:
         cluster.delete_service("pycni-e2e-dns")
 
@@ -191,7 +185,7 @@ def check_cleanup(cluster: Cluster, pods: dict[str, Pod]) -> None:
         left = {k: v for k, v in left.items() if v}
         if left:
             raise CheckFailed(f"leases of the deleted pods left: {left}")
-    _retry(once, "leases released", timeout=60, interval=1)
+    retry_check(once, "leases released", timeout=60, interval=1)
 
 
 CHECKS = [("same-node pod<->pod", check_same_node), ("cross-node pod<->pod", check_cross_node),

@@ -20,8 +20,11 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # kindlab/ and integration/ (the harness)
 
+from harness.processes import run
+from harness.wait import NotYet, retry
 from kl_checks import HTTP_PORT, POD_COMMAND, Pod, run_all
 
 NETWORK_NAME = "pycni"
@@ -39,10 +42,7 @@ class KubectlCluster:
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 180
                 ) -> subprocess.CompletedProcess:
         argv = ["kubectl"] + (["--context", self.context] if self.context else []) + list(args)
-        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
-        if check and proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()[-1000:]}")
-        return proc
+        return run(argv, input=stdin, timeout=timeout, check=check)
 
     def setup(self) -> None:
         self.kubectl("create", "namespace", self.namespace, check=False)
@@ -96,8 +96,7 @@ class KubectlCluster:
                      check=False, timeout=150)
 
     def leases(self, node: str) -> list[str]:
-        proc = subprocess.run([self.docker, "exec", node, "ls", f"/var/lib/cni/networks/{NETWORK_NAME}"],
-                              capture_output=True, text=True, check=False, timeout=30)
+        proc = run([self.docker, "exec", node, "ls", f"/var/lib/cni/networks/{NETWORK_NAME}"], check=False, timeout=30)
         return [f for f in proc.stdout.split() if f != "lock" and not f.startswith("last_reserved_ip")]
 
     def service(self, name: str, pod: Pod, port: int) -> str:
@@ -105,13 +104,15 @@ class KubectlCluster:
                "metadata": {"name": name, "namespace": self.namespace},
                "spec": {"selector": {"app": pod.name}, "ports": [{"port": port, "targetPort": port}]}}
         self.kubectl("apply", "-f", "-", stdin=json.dumps(svc))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        def endpoint() -> None:
             ep = self.kubectl("get", "endpoints", "-n", self.namespace, name, "-o",
                               "jsonpath={.subsets[*].addresses[*].ip}", check=False).stdout.strip()
-            if pod.ip in ep.split():
-                break
-            time.sleep(1)
+            if pod.ip not in ep.split():
+                raise NotYet(f"endpoints {ep!r}")
+        try:
+            retry(endpoint, f"Service {name} endpoint {pod.ip}", timeout=60, interval=1)
+        except TimeoutError:
+            pass  # the callers' own checks (retried) say what fails
         return self.kubectl("get", "service", "-n", self.namespace, name, "-o",
                             "jsonpath={.spec.clusterIP}").stdout.strip()
 

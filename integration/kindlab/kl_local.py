@@ -1,7 +1,7 @@
 """The local back end: a kind-style cluster of docker node containers, driven with the docker SDK.
 
 `LocalCluster.up()`:
-1. dockerd in its own network namespace (kl_host.DockerHost);
+1. dockerd in its own network namespace (integration/harness: dockerd.sh), data-root in the scratch dir;
 2. the pycni bundle (integration/bundle/build.sh, the recipe of `make bundle`) unless one is given;
 3. the node image, built offline and `docker import`ed (kl_image);
 4. one docker network, and N node containers on it with fixed addresses, each running the pycni agent
@@ -14,9 +14,11 @@ Pods are created through each node's CRI socket (bind-mounted to the host) like 
 RunPodSandbox (-> CNI ADD by containerd: loopback, then pycni + portmap from the agent's conflist),
 CreateContainer/StartContainer, ExecSync; delete = StopPodSandbox + RemovePodSandbox (-> CNI DEL).
 
-Node containers are not `--privileged` (on this VM that fails: no CAP_SYS_RESOURCE in the bounding
-set) but get every other capability, unconfined seccomp/AppArmor, no masked paths and all devices -
-the "caps" mode of shared/lab/kindlab/REPORT.md.
+Node containers are started like kind's: `docker run --privileged` through integration/kind/docker, the wrapper
+that turns --privileged (which fails on this VM: no CAP_SYS_RESOURCE in the bounding set) into every other
+capability, unconfined seccomp/AppArmor and all devices, and runs integration/kind/node-preinit.sh (cgroup mounts
+read-write, /dev/kmsg, /proc/sys/net) before the image's entrypoint; no masked /proc paths
+(`systempaths=unconfined`). The "caps" mode of shared/lab/kindlab/REPORT.md.
 """
 
 from __future__ import annotations
@@ -29,10 +31,15 @@ import uuid
 from pathlib import Path
 
 import kl_image
+from harness.cleanup import Cleanup, log
+from harness.dockerd import DockerHost
+from harness.processes import run
+from harness.scratch import Scratch
+from harness.wait import NotYet, retry
 from kl_checks import HTTP_PORT, POD_COMMAND, Pod
-from kl_host import Cleanup, DockerHost, log
 
 REPO = Path(__file__).resolve().parents[2]
+KIND_DOCKER = REPO / "integration/kind/docker"  # the docker of kind on these machines (no --privileged here)
 CLUSTER_CIDR = "10.244.0.0/16"
 NODE_NET = "172.30.99"  # .0/24 inside the dedicated namespace only
 NETWORK_NAME = "pycni"  # the conflist's network name: leases in /var/lib/cni/networks/pycni
@@ -58,7 +65,9 @@ class LocalCluster:
         self.cleanup = cleanup
         self.n_nodes = n_nodes
         self.bundle = bundle
+        self.scratch: Scratch | None = None
         self.host: DockerHost | None = None
+        self.id = uuid.uuid4().hex[:6]
         self.node_names = [f"kl-n{i + 1}" for i in range(n_nodes)]
         self.node_ips = {n: f"{NODE_NET}.{i + 2}" for i, n in enumerate(self.node_names)}
         self.pod_cidrs = {n: f"10.244.{i + 1}.0/24" for i, n in enumerate(self.node_names)}
@@ -70,18 +79,20 @@ class LocalCluster:
 
     def up(self) -> None:
         t0 = time.monotonic()
-        self.host = host = DockerHost(self.cleanup)
+        self.scratch = Scratch("pycnikl", self.cleanup, logs="kindlab-logs")
+        scratch = self.scratch.path
+        self.host = host = DockerHost(f"kl-{self.id}", scratch / "docker-root", self.cleanup, self.scratch)
         host.start()
         self.client = host.client
         self.timings["dockerd"] = time.monotonic() - t0
-        log(f"dockerd pid {host.pid} in netns {host.netns}, scratch {host.scratch}")
+        log(f"dockerd pid {host.pid} in netns {host.netns}, scratch {scratch}")
         if self.bundle is None:
-            self.bundle = build_bundle(host.scratch / "bundle-build")
+            self.bundle = build_bundle(scratch / "bundle-build")
         t = time.monotonic()
-        pod_tar = kl_image.build_pod_image(host.scratch / "pod-image.tar")
-        root = kl_image.build_node_rootfs(host.scratch / "rootfs", self.bundle, pod_tar)
-        kl_image.import_node_image(self.client, root, host.scratch / "node-rootfs.tar")
-        subprocess.run(["rm", "-rf", str(root), str(host.scratch / "node-rootfs.tar")], check=False)
+        pod_tar = kl_image.build_pod_image(scratch / "pod-image.tar")
+        root = kl_image.build_node_rootfs(scratch / "rootfs", self.bundle, pod_tar)
+        kl_image.import_node_image(root, host.env())
+        subprocess.run(["rm", "-rf", str(root)], check=False)
         self.timings["image"] = time.monotonic() - t
         self.cleanup.add("docker objects", self._remove_docker_objects)
 
@@ -92,7 +103,7 @@ class LocalCluster:
             "pycni-kindlab", driver="bridge",
             ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(
                 subnet=f"{NODE_NET}.0/24", gateway=f"{NODE_NET}.1")]))
-        self.cluster_dir = host.scratch / "cluster"
+        self.cluster_dir = scratch / "cluster"
         self.cluster_dir.mkdir()
         self.write_nodes_file(self.node_names)
         for name in self.node_names:
@@ -110,27 +121,23 @@ class LocalCluster:
         tmp.rename(self.cluster_dir / "nodes.json")
 
     def _run_node(self, name: str) -> None:
-        api = self.client.api
-        sockdir = self.host.scratch / "nodes" / name
+        """`docker run --privileged` through integration/kind/docker, as kind starts its nodes: the wrapper turns
+        --privileged into what runs on these machines and puts node-preinit.sh before the image's entrypoint."""
+        sockdir = self.scratch.path / "nodes" / name
         sockdir.mkdir(parents=True)
-        volume = f"{name}-containerd-{self.host.id}"
-        self.client.volumes.create(volume, labels={"pycni-kindlab": self.host.id})
-        hc = api.create_host_config(
-            init=True, network_mode=self.network.name, cap_add=["ALL"], cap_drop=["SYS_RESOURCE"],
-            device_cgroup_rules=["a *:* rwm"], security_opt=["seccomp=unconfined", "apparmor=unconfined"],
-            tmpfs={"/run": "", "/tmp": ""},
-            binds=["/lib/modules:/lib/modules:ro", f"{sockdir}:/kindsock:rw",
-                   f"{self.cluster_dir}:/etc/pycni:ro", f"{volume}:/var/lib/containerd:rw"])
-        # `--security-opt systempaths=unconfined` is a CLI-side translation; over the API set it directly.
-        hc["MaskedPaths"], hc["ReadonlyPaths"] = [], []
-        net = api.create_networking_config({self.network.name: api.create_endpoint_config(
-            ipv4_address=self.node_ips[name])})
-        r = api.create_container(kl_image.NODE_IMAGE, name=f"{name}-{self.host.id}", hostname=name,
-                                 labels={"pycni-kindlab": self.host.id, "pycni-kindlab.node": name},
-                                 environment={"NODE_NAME": name, "CLUSTER_CIDR": CLUSTER_CIDR},
-                                 host_config=hc, networking_config=net)
-        api.start(r["Id"])
-        self.containers[name] = self.client.containers.get(r["Id"])
+        volume = f"{name}-containerd-{self.id}"
+        self.client.volumes.create(volume, labels={"pycni-kindlab": self.id})
+        argv = [str(KIND_DOCKER), "run", "-d", "--init", "--privileged",
+                "--security-opt", "systempaths=unconfined",  # no masked or read-only /proc paths
+                "--network", self.network.name, "--ip", self.node_ips[name],
+                "--tmpfs", "/run", "--tmpfs", "/tmp",
+                "--volume", "/lib/modules:/lib/modules:ro", "--volume", f"{sockdir}:/kindsock:rw",
+                "--volume", f"{self.cluster_dir}:/etc/pycni:ro", "--volume", f"{volume}:/var/lib/containerd:rw",
+                "--name", f"{name}-{self.id}", "--hostname", name,
+                "--label", f"pycni-kindlab={self.id}", "--label", f"pycni-kindlab.node={name}",
+                "--env", f"NODE_NAME={name}", "--env", f"CLUSTER_CIDR={CLUSTER_CIDR}", kl_image.NODE_IMAGE]
+        cid = run(argv, env=self.host.env(), timeout=120).stdout.strip()
+        self.containers[name] = self.client.containers.get(cid)
 
     def node_sh(self, node: str, script: str) -> tuple[int, str]:
         r = self.containers[node].exec_run(["sh", "-c", script])
@@ -141,19 +148,21 @@ class LocalCluster:
         return sorted(line.strip() for line in out.splitlines() if line.strip()) if rc == 0 else []
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
         pending = set(self.node_names)
-        while pending:
+
+        def all_ready() -> None:
             for node in sorted(pending):
                 rc, _ = self.node_sh(node, "test -e /run/kindlab-ready && test -e /etc/cni/net.d/10-pycni.conflist")
                 if rc == 0 and len(self.agent_routes(node)) == len(self.node_names) - 1 and self._network_ready(node):
                     pending.discard(node)
-            if pending and time.monotonic() > deadline:
-                details = {n: self.node_sh(n, "tail -5 /var/log/pycni-agent.log; tail -3 /var/log/image-import.log")[1]
-                           for n in pending}
-                raise RuntimeError(f"nodes not ready after {timeout}s: {details}")
             if pending:
-                time.sleep(0.2)
+                raise NotYet(f"pending: {sorted(pending)}")
+        try:
+            retry(all_ready, "nodes ready", timeout=timeout, interval=0.2)
+        except TimeoutError:
+            details = {n: self.node_sh(n, "tail -5 /var/log/pycni-agent.log; tail -3 /var/log/image-import.log")[1]
+                       for n in pending}
+            raise RuntimeError(f"nodes not ready after {timeout}s: {details}") from None
 
     # -- CRI -----------------------------------------------------------------------------------------------
 
@@ -163,7 +172,7 @@ class LocalCluster:
             from cri_api.v1 import api_pb2 as cri
             from cri_api.v1.api_pb2_grpc import RuntimeServiceStub
 
-            ch = grpc.insecure_channel(f"unix://{self.host.scratch}/nodes/{node}/containerd.sock")
+            ch = grpc.insecure_channel(f"unix://{self.scratch.path}/nodes/{node}/containerd.sock")
             self._stubs[node] = (RuntimeServiceStub(ch), cri, ch)
         return self._stubs[node][:2]
 
@@ -242,15 +251,15 @@ class LocalCluster:
         for _, _, ch in self._stubs.values():
             ch.close()
         self._stubs.clear()
-        label = f"pycni-kindlab={self.host.id}"
+        label = f"pycni-kindlab={self.id}"
         for c in self.client.containers.list(all=True, filters={"label": label}):
             try:
                 logs = c.logs(tail=200).decode(errors="replace")
-                (self.host.scratch / f"{c.name}.log").write_text(logs)
+                (self.scratch.path / f"{c.name}.log").write_text(logs)
                 for path in ("/var/log/pycni-agent.log", "/var/log/pycni.log"):
                     r = c.exec_run(["cat", path]) if c.status == "running" else None
                     if r is not None and r.exit_code == 0:
-                        (self.host.scratch / f"{c.name}-{Path(path).name}").write_bytes(r.output[-2_000_000:])
+                        (self.scratch.path / f"{c.name}-{Path(path).name}").write_bytes(r.output[-2_000_000:])
             except Exception as exc:  # noqa: BLE001 - logs are best effort
                 log(f"{c.name}: could not save logs: {exc}")
             c.remove(force=True, v=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 
+import harness.wait
 import kl_checks
 import pytest
 
@@ -96,10 +97,7 @@ def test_node_leaves_and_returns(cluster, pods):
     gone = cluster.pod_cidrs[n3]
 
     def wait_for(pred, what, timeout=15):
-        deadline = time.monotonic() + timeout
-        while not pred():
-            assert time.monotonic() < deadline, what
-            time.sleep(0.2)
+        harness.wait.wait_for(pred, what, timeout=timeout, interval=0.2, fail=AssertionError)
 
     cluster.write_nodes_file([n1, n2])
     wait_for(lambda: all(not any(r.startswith(gone) for r in cluster.agent_routes(n)) for n in (n1, n2)),

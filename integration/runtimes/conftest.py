@@ -15,11 +15,8 @@ SIGKILL is reaped by the next one (`reap_stale`). Logs of the last run are copie
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,50 +24,29 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from rt_node import (
-    CLEANUP,
-    NETNS_DIR,
-    Node,
-    ledger_add,
-    link_client,
-    log,
-    mounts_under,
-    read_ledger,
-    reap_stale,
-    sweep,
-)
+from harness.cleanup import Cleanup, interrupt_on_sigterm, log
+from harness.netns import NETNS_DIR, Node, link_client
+from harness.processes import missing
+from harness.scratch import Scratch, mounts_under, preflight
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE_DIR = Path("/usr/lib/cni")
-LOG_COPY = REPO / "build" / "runtimes-logs"
 PLUGIN = os.environ.get("PYCNI_RUNTIMES_PLUGIN", "pycni")
 NEEDED = ["containerd", "ctr", "runc", "containerd-shim-runc-v2", "podman", "conmon", "nsenter", "ip",
           "iptables-save", "nft", "ping"]
 
 
-def _sigterm_to_interrupt(signum, frame):
-    # SIGTERM (a CI timeout, a kill) would end Python without finalizers or atexit: turn it into the
-    # KeyboardInterrupt pytest handles by tearing fixtures down.
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def pytest_configure(config):
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    interrupt_on_sigterm()
     config.addinivalue_line("markers", "runtimes: real container runtimes (containerd CRI, podman) drive the "
                                        "plugin inside node namespaces; needs root")
 
 
 def _missing() -> list[str]:
-    out = [b for b in NEEDED if not shutil.which(b)]
-    if not Path("/bin/busybox").exists():
-        out.append("/bin/busybox (busybox-static)")
-    for plugin in ("loopback", "portmap") + (("bridge", "host-local") if PLUGIN == "reference" else ()):
-        if not (REFERENCE_DIR / plugin).exists():
-            out.append(str(REFERENCE_DIR / plugin))
-    return out
+    plugins = ("loopback", "portmap") + (("bridge", "host-local") if PLUGIN == "reference" else ())
+    return missing(NEEDED, ["/bin/busybox"] + [str(REFERENCE_DIR / p) for p in plugins])
 
 
 @dataclass
@@ -80,21 +56,23 @@ class Session:
     bin_dir: Path
     cgroup_parent: str   # every pod/container cgroup goes below this one, removed at the end
     nodes: list[Node]
+    cleanup: Cleanup
+    ledger: Scratch
 
     def new_node(self, prefix: str) -> Node:
-        node = Node(prefix, self.scratch)
+        node = Node(prefix, self.cleanup, self.ledger)
         self.nodes.append(node)
         return node
 
     def new_client(self, node: Node, prefix: str, node_cidr: str, client_cidr: str) -> Node:
-        client = link_client(node, prefix, node_cidr, client_cidr, self.scratch)
+        client = link_client(node, prefix, node_cidr, client_cidr, self.ledger)
         self.nodes.append(client)
         return client
 
     def own_netns(self, path: str) -> None:
         """A namespace a runtime made in /var/run/netns: reaped by the next run if this one is SIGKILLed."""
         if path.startswith((str(NETNS_DIR) + "/", "/run/netns/")):
-            ledger_add(self.scratch, "netns", os.path.basename(path))
+            self.ledger.record("netns", os.path.basename(path))
 
     def conflist(self, name: str, bridge: str, subnet: str, data_dir: Path) -> dict:
         """pycni (or the reference bridge) + portmap, as a runtime's conf dir would hold it."""
@@ -134,58 +112,30 @@ def _install_plugins(scratch: Path, plugin: str) -> Path:
 
 @pytest.fixture(scope="session")
 def rt_session():
-    if os.geteuid() != 0:
-        pytest.skip("runtime tests need root")
-    missing = _missing()
-    if missing:
-        pytest.skip(f"missing: {', '.join(missing)} (make deps installs them)")
-    for item in reap_stale():
-        log(f"reaped a killed earlier run: {item}")
+    reason = preflight("pycnirt", _missing())
+    if reason:
+        pytest.skip(f"runtime tests: {reason}")
     # containerd's shims put their sockets in /run/containerd/s whatever its state dir: remove the
     # (then empty) directories afterwards if they were not there before us.
     # Likewise libcni's result cache (/var/lib/cni/results), used by both runtimes.
     run_dirs = [d for d in (Path("/run/containerd/s"), Path("/run/containerd"), Path("/var/lib/cni/results"),
                             Path("/var/lib/cni")) if not d.exists()]
-    scratch = Path(tempfile.mkdtemp(prefix="pycnirt-", dir="/tmp"))
-    os.chmod(scratch, 0o755)
+    cleanup = Cleanup()
+    ledger = Scratch("pycnirt", cleanup, logs="runtimes-logs")
     cgroup_parent = f"/pycnirt-{uuid.uuid4().hex[:6]}"
-    ledger_add(scratch, "pid", str(os.getpid()))
-    ledger_add(scratch, "cgroup", cgroup_parent)
+    ledger.record("cgroup", cgroup_parent)
     for d in run_dirs:
-        ledger_add(scratch, "rundir", str(d))
-    session = Session(scratch=scratch, plugin=PLUGIN, bin_dir=Path(),
-                      cgroup_parent=cgroup_parent, nodes=[])
-
-    def final_sweep():
-        leftovers = sweep(str(scratch))
-        for item in leftovers:
-            log(f"swept leftover: {item}")
-        _copy_logs(scratch)
-        if not mounts_under(str(scratch)):
-            subprocess.run(["rm", "-rf", "--one-file-system", str(scratch)], capture_output=True, check=False)
-        else:
-            log(f"NOT removing {scratch}: still mounted: {mounts_under(str(scratch))}")
-
-    CLEANUP.add(f"scratch {scratch}", final_sweep)
-    session.bin_dir = _install_plugins(scratch, PLUGIN)
-    log(f"plugin under test: {PLUGIN}; scratch {scratch}")
+        ledger.record("rundir", str(d))
+    session = Session(scratch=ledger.path, plugin=PLUGIN, bin_dir=Path(), cgroup_parent=cgroup_parent, nodes=[],
+                      cleanup=cleanup, ledger=ledger)
+    session.bin_dir = _install_plugins(ledger.path, PLUGIN)
+    log(f"plugin under test: {PLUGIN}; scratch {ledger.path}")
     yield session
-    ours = [v for k, v in read_ledger(scratch) if k == "netns"]
-    CLEANUP.run_all()
+    ours = ledger.recorded("netns")
+    cleanup.run_all()
     # Nothing of ours may survive the session.
     left = [n for n in ours if (NETNS_DIR / n).exists()]
     assert not left, f"network namespaces left: {left}"
-    assert not mounts_under(str(scratch)), f"mounts left: {mounts_under(str(scratch))}"
-    assert not CLEANUP.errors, f"cleanup errors: {CLEANUP.errors}"
-
-
-def _copy_logs(scratch: Path) -> None:
-    try:
-        if LOG_COPY.exists():
-            shutil.rmtree(LOG_COPY)
-        LOG_COPY.mkdir(parents=True)
-        for f in list(scratch.glob("*.log")) + list(scratch.glob("*/*.log")):
-            if f.is_file() and f.stat().st_size < 20_000_000:
-                shutil.copy(f, LOG_COPY / f"{f.parent.name}-{f.name}" if f.parent != scratch else LOG_COPY / f.name)
-    except OSError as exc:
-        log(f"could not copy logs: {exc}")
+    assert not mounts_under(ledger.path), f"mounts left: {mounts_under(ledger.path)}"
+    assert not ledger.path.exists(), f"scratch dir left: {ledger.path}"
+    assert not cleanup.errors, f"cleanup errors: {cleanup.errors}"

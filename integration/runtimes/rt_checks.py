@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from rt_node import Node
+from harness.netns import Node
 
 PER_CONTAINER_CHAIN = re.compile(r"\bCNI-(DN|SN)-[0-9a-f]+|\bCNI-[0-9a-f]{24}\b")
 
@@ -41,3 +41,16 @@ def leftover_rules(before: dict, after: dict, needles: list[str]) -> list[str]:
         if PER_CONTAINER_CHAIN.search(line) or any(_mentions(line, n) for n in needles if n):
             out.append(line)
     return out
+
+
+def assert_node_clean(node: Node, data_dir: Path, baseline: dict, needles: list[str], netns_files: list[str]) -> dict:
+    """After every pod is gone: no lease, no veth, no firewall line of theirs (`needles`: their IPs and IDs),
+    no pod network namespace file left. Returns the node's snapshot."""
+    after = node_snapshot(node, data_dir)
+    assert after["leases"] == [], f"leases left: {after['leases']}"
+    assert after["veths"] == [], f"veths left: {after['veths']}"
+    left = leftover_rules(baseline, after, needles)
+    assert left == [], "firewall rules left:\n" + "\n".join(left)
+    for path in netns_files:
+        assert not Path(path).exists(), f"pod netns {path} left"
+    return after

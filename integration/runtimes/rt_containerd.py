@@ -17,7 +17,10 @@ from pathlib import Path
 import grpc
 from cri_api.v1 import api_pb2 as cri
 from cri_api.v1.api_pb2_grpc import ImageServiceStub, RuntimeServiceStub
-from rt_node import Daemon, Node, log
+from harness.cleanup import log
+from harness.daemon import Daemon
+from harness.netns import Node
+from harness.wait import NotYet, retry, wait_for
 
 HERE = Path(__file__).resolve().parent
 DAEMON_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
@@ -42,17 +45,15 @@ class Containerd:
         self.daemon = Daemon(self.node, ["containerd", "--config", str(self.config)], self.logfile, DAEMON_ENV)
         self.daemon.start()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             if not self.daemon.alive():
-                raise RuntimeError(f"containerd exited: {self.log_tail()}")
-            if self.socket.exists():
-                try:
-                    CRI(self.socket).wait_ready(deadline - time.monotonic())
-                    return
-                except grpc.RpcError:
-                    pass
-            time.sleep(0.1)
-        raise TimeoutError(f"containerd not ready after {timeout}s: {self.log_tail()}")
+                raise RuntimeError(f"containerd exited: {self.daemon.log_tail()}")
+            if not self.socket.exists():
+                return False
+            CRI(self.socket).wait_ready(deadline - time.monotonic())
+            return True
+        wait_for(ready, f"containerd ready ({self.logfile})", timeout=timeout, interval=0.1, retry_on=(grpc.RpcError,))
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.daemon is not None:
@@ -60,12 +61,6 @@ class Containerd:
 
     def ctr(self, *args: str, timeout: float = 60) -> str:
         return self.node.run("ctr", "--address", str(self.socket), *args, timeout=timeout).stdout
-
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
 
 
 @dataclass
@@ -91,15 +86,12 @@ class CRI:
         self.channel.close()
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + max(timeout, 1)
-        while True:
+        def ready() -> None:
             st = self.rt.Status(cri.StatusRequest(verbose=False), timeout=5)
             conds = {c.type: c.status for c in st.status.conditions}
-            if conds.get("RuntimeReady") and conds.get("NetworkReady"):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"CRI not ready: {st.status.conditions}")
-            time.sleep(0.2)
+            if not (conds.get("RuntimeReady") and conds.get("NetworkReady")):
+                raise NotYet(f"CRI not ready: {st.status.conditions}")
+        retry(ready, "CRI RuntimeReady and NetworkReady", timeout=max(timeout, 1), interval=0.2)
 
     def version(self) -> str:
         v = self.rt.Version(cri.VersionRequest(), timeout=10)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rt_node import Node
+from harness.netns import Node
 
 CONTAINERS_CONF = """\
 # podman for pycni's runtime tests (CONTAINERS_CONF points here; nothing else is read)

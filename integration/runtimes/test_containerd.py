@@ -9,6 +9,7 @@ crash and restart, and finally a teardown that must leave nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import json
@@ -20,10 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from rt_checks import leftover_rules, node_snapshot
+from harness.cleanup import log
+from harness.images import busybox_oci_archive
+from harness.netns import http_get, in_netns
+from harness.processes import pid_alive, pids_in_netns
+from harness.wait import wait_for
+from rt_checks import assert_node_clean, leftover_rules, node_snapshot
 from rt_containerd import CRI, Containerd
-from rt_image import build_oci_tar
-from rt_node import http_get, in_netns, log, pid_alive, pids_in_netns
 
 pytestmark = pytest.mark.runtimes
 
@@ -62,7 +66,7 @@ def ctd(rt_session):
     client = rt_session.new_client(node, "pycnirt-cli", f"{NODE_ADDR}/24", f"{CLIENT_ADDR}/24")
     ctd = Containerd(node, root, rt_session.bin_dir, root / "net.d", IMAGE)
     ctd.start()
-    tar = build_oci_tar(root / "sandbox-oci.tar", IMAGE)
+    tar = busybox_oci_archive(root / "sandbox-oci.tar", IMAGE)
     ctd.ctr("-n", "k8s.io", "images", "import", str(tar))
     cri = CRI(ctd.socket)
     assert IMAGE in cri.images()
@@ -141,10 +145,8 @@ def test_host_port_reaches_the_pod(ctd, pods):
     pod = pods[0]
     ctd.cri.create_container(pod, "web", IMAGE, ["/bin/httpd", "-f", "-p", "80", "-h", "/www"])
     want = "hello from a pycni pod"
-    for _ in range(50):  # httpd is up when the pod's own address answers
-        if want in http_get(pod.netns, pod.ip, 80, timeout=1):
-            break
-        time.sleep(0.1)
+    with contextlib.suppress(TimeoutError):  # httpd is up when the pod's own address answers
+        wait_for(lambda: want in http_get(pod.netns, pod.ip, 80, timeout=1), "httpd up", timeout=20, interval=0.1)
     # a client namespace wired to the node: DNAT in PREROUTING
     out = http_get(ctd.client.path, NODE_ADDR, HOST_PORT)
     assert want in out, f"client -> {NODE_ADDR}:{HOST_PORT}: {out}"
@@ -269,20 +271,14 @@ def test_stop_and_remove_leave_nothing_behind(ctd, pods):
         ctd.removed_ids.append(pod.id)
         pods.remove(pod)
     assert ctd.cri.sandboxes() == []
-    after = node_snapshot(ctd.node, ctd.data_dir)
-    assert after["leases"] == [], f"leases left: {after['leases']}"
-    assert after["veths"] == [], f"veths left: {after['veths']}"
-    left = leftover_rules(ctd.baseline, after, needles)
-    assert left == [], "firewall rules left:\n" + "\n".join(left)
-    for path in netns_files:
-        assert not Path(path).exists(), f"pod netns {path} left"
+    after = assert_node_clean(ctd.node, ctd.data_dir, ctd.baseline, needles, netns_files)
     results = Path("/var/lib/cni/results")
     cached = [f.name for f in results.glob("*")] if results.is_dir() else []
     assert not [f for f in cached if any(i in f for i in ctd.removed_ids)], f"CNI result cache left: {cached}"
     # no shim, no pod process: only containerd is left in the node namespace
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and set(pids_in_netns({ctd.node.inode})) - {ctd.ctd.daemon.pid}:
-        time.sleep(0.1)
+    with contextlib.suppress(TimeoutError):
+        wait_for(lambda: not set(pids_in_netns({ctd.node.inode})) - {ctd.ctd.daemon.pid}, "shims gone",
+                 timeout=5, interval=0.1)
     others = set(pids_in_netns({ctd.node.inode})) - {ctd.ctd.daemon.pid}
     assert not others, f"processes left in the node namespace: {others}"
     log("after teardown, infrastructure kept in the node: " + ", ".join(

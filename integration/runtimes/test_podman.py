@@ -8,16 +8,19 @@ pointing at the plugin under test; containers are started from busybox rootfs di
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import json
-import os
 import time
 
 import pytest
-from rt_checks import leftover_rules, node_snapshot
-from rt_image import build_rootfs
-from rt_node import http_get, in_netns, log, pids_in_netns
+from harness.cleanup import log
+from harness.images import busybox_rootfs
+from harness.netns import http_get, in_netns
+from harness.processes import pids_in_netns
+from harness.wait import wait_for
+from rt_checks import assert_node_clean, leftover_rules, node_snapshot
 from rt_podman import Podman
 
 pytestmark = pytest.mark.runtimes
@@ -67,7 +70,7 @@ def pm(rt_session):
 
 
 def run(pm: Env, name: str, *cmd: str, ports: tuple[str, ...] = ()) -> tuple[str, str]:
-    rootfs = build_rootfs(pm.podman.scratch / f"rootfs-{name}")
+    rootfs = busybox_rootfs(pm.podman.scratch / f"rootfs-{name}")
     args = ["run", "-d", "--name", name, "--network", NETWORK,
             "--cgroup-parent", pm.session.cgroup_parent + "/podman"]
     for p in ports:
@@ -117,10 +120,8 @@ def test_containers_reach_each_other(pm, containers):
 def test_host_port_reaches_the_container(pm, containers):
     want = "hello from a pycni pod"
     ip, netns = containers["c0"]
-    for _ in range(50):
-        if want in http_get(netns, ip, 80, timeout=1):
-            break
-        time.sleep(0.1)
+    with contextlib.suppress(TimeoutError):  # httpd is up when the container's own address answers
+        wait_for(lambda: want in http_get(netns, ip, 80, timeout=1), "httpd up", timeout=20, interval=0.1)
     out = http_get(pm.client.path, NODE_ADDR, HOST_PORT)
     assert want in out, f"client -> {NODE_ADDR}:{HOST_PORT}: {out}"
     out = http_get(containers["c1"][1], NODE_ADDR, HOST_PORT)
@@ -137,14 +138,7 @@ def test_rm_leaves_nothing_behind(pm, containers):
     netns_files = [ns for _, ns in containers.values()]
     pm.podman("rm", "-f", "-t", "0", *containers)
     assert pm.podman.names() == []
-    after = node_snapshot(pm.node, pm.data_dir)
-    assert after["leases"] == [], f"leases left: {after['leases']}"
-    assert after["veths"] == [], f"veths left: {after['veths']}"
-    left = leftover_rules(pm.baseline, after, needles)
-    assert left == [], "firewall rules left:\n" + "\n".join(left)
-    for path in netns_files:
-        assert not os.path.exists(path), f"netns {path} left"
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and pids_in_netns({pm.node.inode}):
-        time.sleep(0.1)
+    assert_node_clean(pm.node, pm.data_dir, pm.baseline, needles, netns_files)
+    with contextlib.suppress(TimeoutError):
+        wait_for(lambda: not pids_in_netns({pm.node.inode}), "conmon gone", timeout=5, interval=0.1)
     assert not pids_in_netns({pm.node.inode}), "processes (conmon?) left in the node namespace"

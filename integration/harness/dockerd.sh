@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A dockerd of our own, confined to its own network namespace: the engine that builds the Kubernetes images
-# (integration/k8s/build.sh) and runs the kind node containers (make cluster-up).
+# (integration/k8s/build.sh), runs the kind node containers (make cluster-up) and the docker-node suite's nodes
+# (integration/kindlab, through harness/dockerd.py: instance kl-<id>, data-root in its scratch dir).
 #
 #   dockerd.sh start [dockerd args...]   start it (idempotent), print `export DOCKER_HOST=...`
 #   dockerd.sh env                       print `export DOCKER_HOST=...` (exit 1 when not running)
@@ -11,7 +12,7 @@
 # Instances are named by PYCNI_DOCKER_NAME (default "pycni"): two sessions on one machine use two names.
 #   socket     /run/pycni-docker/<name>/docker.sock   (DOCKER_HOST=unix://...)
 #   run dir    /run/pycni-docker/<name>/              (pidfile, exec-root, daemon.json, dockerd.log)
-#   data-root  /var/lib/pycni-docker/<name>/          (kept across stop/start: images survive; `purge` drops it)
+#   data-root  /var/lib/pycni-docker/<name>/          (PYCNI_DOCKER_DATA; kept across stop/start: `purge` drops it)
 #   netns      pycni-docker-<name>                    (only lo + what docker creates in it)
 #   cgroup     /pycni-docker-<name> under each controller (--cgroup-parent)
 # Extra daemon.json keys (for example a runtime for privileged containers) come from PYCNI_DOCKERD_CONFIG, a JSON
@@ -134,5 +135,5 @@ case ${1:-} in
   status) dockerd_pid >/dev/null && answers ;;
   stop) stop ;;
   purge) stop; umount_under "$DATA"; rm -rf --one-file-system "$DATA"; log "data-root $DATA deleted" ;;
-  *) sed -n '2,20p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,23p' "$0" >&2; exit 2 ;;
 esac
