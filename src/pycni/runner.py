@@ -17,6 +17,7 @@ import sys
 PLUGINS = {"pycni": "pycni.bridge.verbs", "pycni-host-local": "pycni.ipam.verbs"}
 _VERB_FUNCS = {"ADD": "add", "DEL": "delete", "CHECK": "check", "STATUS": "status", "GC": "gc"}
 
+
 def run(plugin: str, environ: dict[str, str], stdin: bytes, stderr=None, context=None) -> tuple[int, str]:
     """Execute one CNI request. Returns (exit status, text for stdout); never raises.
 
