@@ -60,6 +60,7 @@ import uuid
 from pathlib import Path
 
 import coldpath  # bench/coldpath.py, next to this file
+import daemon_cpu  # bench/daemon_cpu.py: the daemon's process tree and how it is stopped
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "build" / "ref"  # `make build`: the reference plugins of integration/cni/go.mod
@@ -362,27 +363,16 @@ class Mode:
                 key, _, value = line.partition(":")
                 if key == "VmHWM":
                     out[key] = int(value.split()[0])
-        todo = [self.daemon.pid]
-        while todo:
-            pid = todo.pop()
+        for pid in daemon_cpu.tree(self.daemon.pid):
             try:
                 with open(f"/proc/{pid}/smaps_rollup") as fh:
                     out["Pss"] += next(int(line.split()[1]) for line in fh if line.startswith("Pss:"))
-                for task in os.listdir(f"/proc/{pid}/task"):
-                    with open(f"/proc/{pid}/task/{task}/children") as fh:
-                        todo.extend(int(child) for child in fh.read().split())
             except (OSError, StopIteration):
                 continue
         return out
 
     def stop_daemon(self) -> None:
-        if self.daemon is not None and self.daemon.poll() is None:
-            os.kill(self.daemon.pid, signal.SIGTERM)
-            try:
-                self.daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.daemon.pid, signal.SIGKILL)
-                self.daemon.wait()
+        daemon_cpu.stop_daemon(self.daemon)
         if self.daemon is not None and self.daemon.stdout is not None:
             self.daemon.stdout.close()
         if self.daemon_meter is not None:

@@ -97,6 +97,17 @@ def tree(pid: int) -> list[int]:
     return out
 
 
+def stop_daemon(daemon: subprocess.Popen | None) -> None:
+    """SIGTERM the daemon we started (it stops its workers itself) and wait; SIGKILL after 30 s."""
+    if daemon is not None and daemon.poll() is None:
+        os.kill(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(daemon.pid, signal.SIGKILL)
+            daemon.wait()
+
+
 def _process_clock(pid: int) -> int:
     """The CPU-time clock of a whole process (all its threads, exited ones included): clock_getcpuclockid(3)
     computes this id, Python does not expose it (MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED))."""
@@ -285,13 +296,7 @@ class Bench:
         return out
 
     def stop(self) -> None:
-        if self.daemon is not None and self.daemon.poll() is None:
-            os.kill(self.daemon.pid, signal.SIGTERM)
-            try:
-                self.daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.daemon.pid, signal.SIGKILL)
-                self.daemon.wait()
+        stop_daemon(self.daemon)
 
     def cleanup(self) -> None:
         self.stop()
